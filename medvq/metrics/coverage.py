@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from medvq.quantizers.search import DEFAULT_CHUNK_SIZE
-
 __all__ = [
+    "DISTANCE_CHUNK_SIZE",
     "code_usage",
     "dead_codes",
     "perplexity_from_counts",
@@ -20,10 +19,17 @@ __all__ = [
     "shrinkage",
 ]
 
+#: Default bound on the elements of one block of the code-distance matrix (2**20 float64 = 8 MiB); the value of
+#: ``medvq.quantizers.search.DEFAULT_CHUNK_SIZE``, not imported from there because ``medvq.quantizers`` imports this
+#: module (importing it back made ``import medvq.metrics.coverage`` fail as a circular import).
+DISTANCE_CHUNK_SIZE = 2**20
+
 
 def _check_counts(counts: torch.Tensor) -> torch.Tensor:
     if not isinstance(counts, torch.Tensor) or counts.ndim != 1:
-        raise ValueError(f"counts must be a 1-D tensor of per-code counts (K,), got {getattr(counts, 'shape', counts)}.")
+        raise ValueError(
+            f"counts must be a 1-D tensor of per-code counts (K,), got {getattr(counts, 'shape', counts)}."
+        )
     if counts.numel() == 0:
         raise ValueError("counts is empty: a codebook has at least one code.")
     if (counts < 0).any():
@@ -72,7 +78,7 @@ def perplexity_from_counts(counts: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def mean_code_distance(
-    codebook: torch.Tensor, mask: torch.Tensor | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE
+    codebook: torch.Tensor, mask: torch.Tensor | None = None, chunk_size: int = DISTANCE_CHUNK_SIZE
 ) -> float:
     """Mean pairwise Euclidean distance between codebook vectors: ``2 / (M (M - 1)) * sum_{i<j} ||e_i - e_j||``.
 

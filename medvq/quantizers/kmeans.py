@@ -95,6 +95,24 @@ def _seed_centroids(
     return x[chosen].clone()
 
 
+def _lloyd_step(x: torch.Tensor, centroids: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, int]:
+    """One Lloyd iteration; returns the new centroids and the number of empty clusters re-seeded."""
+    num_clusters = centroids.shape[0]
+    # 1. assignment (exact, chunked)
+    assign = nearest_codes(x, centroids, chunk_size, return_distances=True)
+    # 2. update: per-cluster sums and counts without a one-hot (N, K) matrix
+    counts = torch.bincount(assign.indices, minlength=num_clusters)
+    sums = torch.zeros_like(centroids).index_add_(0, assign.indices, x)
+    nonempty = counts > 0
+    centroids = torch.where(nonempty[:, None], sums / counts.clamp_min(1)[:, None].to(x.dtype), centroids)
+    # 3. empty clusters take the samples farthest from their centroids, distinct samples for distinct clusters
+    empty = (~nonempty).nonzero().flatten()
+    if empty.numel() > 0:
+        far = torch.topk(assign.distances, empty.numel()).indices
+        centroids[empty] = x[far]
+    return centroids, int(empty.numel())
+
+
 @torch.no_grad()
 def kmeans(
     samples: torch.Tensor,
@@ -142,19 +160,8 @@ def kmeans(
     centroids = _seed_centroids(x, num_clusters, seeding_rounds, generator, chunk_size)
     num_reseeded = 0
     for _ in range(iterations):
-        # 1. assignment (exact, chunked)
-        assign = nearest_codes(x, centroids, chunk_size, return_distances=True)
-        # 2. update: per-cluster sums and counts without a one-hot (N, K) matrix
-        counts = torch.bincount(assign.indices, minlength=num_clusters)
-        sums = torch.zeros_like(centroids).index_add_(0, assign.indices, x)
-        nonempty = counts > 0
-        centroids = torch.where(nonempty[:, None], sums / counts.clamp_min(1)[:, None].to(x.dtype), centroids)
-        # 3. empty clusters take the samples farthest from their centroids
-        empty = (~nonempty).nonzero().flatten()
-        if empty.numel() > 0:
-            far = torch.topk(assign.distances, empty.numel()).indices
-            centroids[empty] = x[far]
-            num_reseeded += empty.numel()
+        centroids, reseeded = _lloyd_step(x, centroids, chunk_size)
+        num_reseeded += reseeded
     final = nearest_codes(x, centroids, chunk_size, return_distances=True)
     counts = torch.bincount(final.indices, minlength=num_clusters)
     inertia = float(final.distances.double().sum())

@@ -28,7 +28,7 @@ class NearestCodes(NamedTuple):
 
     Attributes:
         indices: ``(N,)`` int64, index of the nearest code of each row.
-        distances: ``(N,)`` float, squared Euclidean distance to that code (clamped at 0), or ``None`` when not asked.
+        distances: ``(N,)`` float, squared Euclidean distance to that code, or ``None`` when not asked.
     """
 
     indices: torch.Tensor
@@ -79,10 +79,10 @@ def nearest_codes(
     for start in range(0, num_rows, rows_per_block):
         xb = x[start : start + rows_per_block]  # (n, D)
         block = torch.addmm(c_sq, xb, codebook_t, beta=1.0, alpha=-2.0)  # (n, K) = ||c||^2 - 2 x.c
-        if distances is not None:
-            values, idx = block.min(dim=1)
-            distances[start : start + rows_per_block] = (values + (xb * xb).sum(1)).clamp_min_(0)
-        else:
-            idx = block.argmin(dim=1)
+        idx = block.argmin(dim=1)
         indices[start : start + rows_per_block] = idx
+        if distances is not None:
+            # recomputed from the differences: the expanded form loses ~1e-7 * ||x||^2 to cancellation, which
+            # would hide exact duplicates (distance 0) and the farthest points k-means re-seeds from
+            distances[start : start + rows_per_block] = (xb - codebook[idx]).square().sum(1)
     return NearestCodes(indices, distances)

@@ -1,0 +1,42 @@
+"""Worker launched by test_ddp.py through torchrun (2 gloo processes on CPU); not collected by pytest.
+
+Each rank holds different latents. It checks what the single-process contract promises under DDP and saves what
+the test compares: the codebook after ``activate``, after an EMA step on different per-rank batches, and after a
+dead-code revival.
+"""
+
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+from medvq.quantizers import VectorQuantizer
+
+
+def main(out_dir: str) -> None:
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    g = torch.Generator().manual_seed(100 + rank)
+    # ranks hold different numbers of latents: 150 on rank 0, 170 on rank 1
+    samples = torch.randn(150 + 20 * rank, 4, generator=g) * (1 + rank)
+    result = {"samples": samples}
+
+    vq = VectorQuantizer(200, 4, codebook_update="ema", decay=0.5, active=False, dead_code_threshold=2)
+    report = vq.activate(samples, init="kmeans", seed=0, iterations=5)  # 200 codes > 170 local samples: needs both
+    result["num_samples"] = report.num_samples
+    result["after_activate"] = vq.codebook.detach().clone()
+
+    vq.train()
+    z = torch.randn(2, 4, 10, generator=g)  # a different batch on each rank
+    vq(z)
+    result["after_ema"] = vq.codebook.detach().clone()
+    vq(z)  # second step: unused codes reach the threshold and are revived from rank 0's latents
+    result["num_revived"] = vq.num_revived
+    result["after_revival"] = vq.codebook.detach().clone()
+    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

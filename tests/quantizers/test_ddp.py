@@ -1,0 +1,47 @@
+"""Under DDP (2 gloo processes launched by torchrun), every rank ends with the same codebook."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from medvq.quantizers import VectorQuantizer
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout}\n{proc.stderr}"
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+def test_activate_gathers_all_ranks_and_gives_identical_codebooks(ranks):
+    r0, r1 = ranks
+    assert r0["num_samples"] == r1["num_samples"] == 320  # 150 + 170 latents, more than either rank alone
+    assert torch.equal(r0["after_activate"], r1["after_activate"])
+    # the codebook is k-means over the concatenated latents in rank order, as in a single process
+    single = VectorQuantizer(200, 4, codebook_update="ema", active=False)
+    single.activate(torch.cat([r0["samples"], r1["samples"]]), init="kmeans", seed=0, iterations=5)
+    torch.testing.assert_close(single.codebook, r0["after_activate"])
+
+
+def test_ema_step_on_different_batches_stays_identical(ranks):
+    r0, r1 = ranks
+    assert not torch.equal(r0["after_activate"], r0["after_ema"])  # the step did move codes
+    assert torch.equal(r0["after_ema"], r1["after_ema"])
+
+
+def test_dead_code_revival_stays_identical(ranks):
+    r0, r1 = ranks
+    assert r0["num_revived"] == r1["num_revived"] > 0
+    assert torch.equal(r0["after_revival"], r1["after_revival"])
