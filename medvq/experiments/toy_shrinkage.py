@@ -438,7 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(json.dumps(runs[schedule].metrics, allow_nan=False), flush=True)
         if args.plot is not None:
             path = plot_latent_histograms(runs, args.plot)
-            logger.info("wrote %s", path)
+            # the command line tells where the figure went (stdout stays pure JSON lines)
+            print(f"wrote {path}", file=sys.stderr)
     finally:
         torch.set_num_threads(previous_threads)
     return 0
