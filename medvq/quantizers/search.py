@@ -78,6 +78,10 @@ def nearest_codes(
     codebook_t = codebook.t()  # (D, K)
     # 2-D blocking: code blocks of at most CODE_BLOCK codes, row blocks filling the rest of chunk_size; a block that
     # stays in cache is reduced faster (benchmarks/search_blocks.py: 512 x 2048 blocks beat 64 x 16384 by ~1.2x)
+    if torch.jit.is_tracing():
+        # tracing unrolls the Python block loops for the example's size: a graph traced on a small batch would leave
+        # the rows of a larger one unassigned, so a traced search is one block (unbounded memory, but correct)
+        chunk_size = max(num_rows, 1) * max(num_codes, 1)
     codes_per_block = min(num_codes, CODE_BLOCK, chunk_size)
     rows_per_block = max(1, chunk_size // codes_per_block)
     indices = torch.empty(num_rows, dtype=torch.long, device=x.device)

@@ -1,0 +1,6 @@
+"""Networks: the VQGAN tokenizer (MONAI encoder/decoder around a deferrable VectorQuantizer) and its presets."""
+
+from medvq.networks.vqgan import TokenizerOutput, VQGANTokenizer
+from medvq.networks.vqgan_presets import PRESETS, vqgan_f8, vqgan_f16, vqgan_tiny
+
+__all__ = ["PRESETS", "TokenizerOutput", "VQGANTokenizer", "vqgan_f8", "vqgan_f16", "vqgan_tiny"]
