@@ -97,8 +97,9 @@ def main() -> None:
         m, f = results["medvq"], results["faiss"]
         print(
             f"\nN={args.n}, D={args.d}, K={args.k}, {args.iterations} iterations, {m['threads']} threads: "
-            f"medvq {m['seconds']:.1f} s, faiss {f['seconds']:.1f} s, time medvq/faiss = {m['seconds'] / f['seconds']:.2f}"
-            f" (target <= 1.5); inertia medvq/faiss = {m['inertia'] / f['inertia']:.4f} (target <= 1)"
+            f"medvq {m['seconds']:.1f} s, faiss {f['seconds']:.1f} s, "
+            f"time medvq/faiss = {m['seconds'] / f['seconds']:.2f} (target <= 1.5); "
+            f"inertia medvq/faiss = {m['inertia'] / f['inertia']:.4f} (target <= 1)"
         )
 
 

@@ -36,6 +36,22 @@ from medvq.metrics.coverage import (
 
 __all__ = ["CodebookCoverage"]
 
+
+def _codebook_source(codebook: Any) -> Any:
+    """Unwrap DDP and find the quantizer of a tokenizer; a module without a codebook is an error, not a callable."""
+    if isinstance(codebook, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+        codebook = codebook.module
+    if isinstance(codebook, torch.nn.Module) and not hasattr(codebook, "codebook"):
+        quantizer = getattr(codebook, "quantizer", None)
+        if quantizer is None or not hasattr(quantizer, "codebook"):
+            raise TypeError(
+                f"codebook is a {type(codebook).__name__} module without a `codebook` attribute or a `quantizer` that "
+                "has one: pass the quantizer, the tokenizer, or the (K, D) codebook tensor."
+            )
+        codebook = quantizer
+    return codebook
+
+
 class CodebookCoverage(Metric):
     """Codebook usage, perplexity, code distance, dead codes and shrinkage over a whole evaluation set.
 
@@ -111,6 +127,7 @@ class CodebookCoverage(Metric):
             raise ValueError(f"num_embeddings must be an integer >= 1 or None, got {num_embeddings!r}.")
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}.")
+        codebook = _codebook_source(codebook)
         if not (isinstance(codebook, torch.Tensor) or hasattr(codebook, "codebook") or callable(codebook)):
             raise TypeError(
                 "codebook must be a (K, D) tensor, an object with a `codebook` attribute (e.g. a VectorQuantizer) "

@@ -7,11 +7,12 @@ a mature encoder (deferred quantization, arXiv 2603.17052). It runs on the sampl
 Seeding: exact k-means++ (Arthur & Vassilvitskii 2007) draws one centre per pass over the data, which is K sequential
 passes; for K = 16,384 that alone costs more than the Lloyd iterations. We draw ``ceil(K / seeding_rounds)`` centres
 per pass, each proportionally to the squared distance to the centres chosen so far (D^2 sampling without
-replacement), as k-means|| (Bahmani et al. 2012) does per round, but without its re-clustering step. With
-``seeding_rounds >= K`` this is exact k-means++. The seeds are drawn from a random subset of
+replacement), as k-means|| (Bahmani et al. 2012) does per round, but without its re-clustering step. The seeds are
+drawn from a random subset of
 ``max(16384, 2 K)`` samples (all of them when N is smaller), as scikit-learn's MiniBatchKMeans seeds from a subset:
-D^2 sampling costs one N x K distance pass, and measured at N=131072, D=32, K=16384 a 2K subset cut seeding from
-1.98 s to 0.52 s while the inertia after 10 Lloyd iterations changed by +0.2%.
+D^2 sampling costs one pass over N x K distances, a subset costs a fraction of it, and the Lloyd iterations then run
+on all samples (``benchmarks/kmeans.py`` reports the resulting time and inertia against faiss). With
+``seeding_rounds >= K`` and ``N <= max(16384, 2 K)`` the seeding is exact k-means++.
 
 Why our own and not faiss or scikit-learn: neither runs on CUDA tensors without a copy (faiss-gpu is a separate
 build), and a quantizer must not pull a compiled dependency. ``benchmarks/kmeans.py`` compares speed and inertia

@@ -18,8 +18,8 @@ import torch
 __all__ = ["NearestCodes", "nearest_codes", "DEFAULT_CHUNK_SIZE"]
 
 #: Default bound on the number of elements of one distance block (2**20 float32 = 4 MiB). With CODE_BLOCK it was
-#: the fastest setting measured by ``python benchmarks/search_blocks.py`` on a 2-core CPU (N=32768, D=32,
-#: K=16384: 0.30 s, against 0.35-1.0 s for unblocked codes or larger blocks and 1.38 s for cdist + argmin).
+#: the fastest setting measured by ``python benchmarks/search_blocks.py`` on a 2-core CPU (table and figures in
+#: ``docs/benchmarks.md``: larger blocks or unblocked codes were slower, cdist + argmin several times slower).
 DEFAULT_CHUNK_SIZE = 2**20
 #: Largest number of codes in one distance block (see the blocking comment in :func:`nearest_codes`).
 CODE_BLOCK = 2048
@@ -79,8 +79,9 @@ def nearest_codes(
     # 2-D blocking: code blocks of at most CODE_BLOCK codes, row blocks filling the rest of chunk_size; a block that
     # stays in cache is reduced faster (benchmarks/search_blocks.py: 512 x 2048 blocks beat 64 x 16384 by ~1.2x)
     if torch.jit.is_tracing():
-        # tracing unrolls the Python block loops for the example's size: a graph traced on a small batch would leave
-        # the rows of a larger one unassigned, so a traced search is one block (unbounded memory, but correct)
+        # tracing unrolls the Python loops for the example's size: a graph traced on a small batch would leave the
+        # rows of a larger one unassigned, so a traced search takes all rows in one block (unbounded memory, but
+        # correct); the loop over code blocks stays, since K is fixed
         chunk_size = max(num_rows, 1) * max(num_codes, 1)
     codes_per_block = min(num_codes, CODE_BLOCK, chunk_size)
     rows_per_block = max(1, chunk_size // codes_per_block)

@@ -1,7 +1,8 @@
 """Vector quantizer with deferred quantization: a pass-through until :meth:`VectorQuantizer.activate`.
 
 Follows VQ-VAE (van den Oord et al. 2017, arXiv 1711.00937) for the codebook/commitment losses and the
-straight-through estimator, the sonnet ``VectorQuantizerEMA`` for EMA codebook updates, LlamaGen (Sun et al. 2024)
+straight-through estimator, the sonnet ``VectorQuantizerEMA`` for EMA codebook updates (here the step's output already
+uses the updated codes, and there is no Laplace smoothing, see ``_ema_update``), LlamaGen (Sun et al. 2024)
 for l2-normalised (cosine) lookup, and "Early Quantization Shrinks Codebook" (arXiv 2603.17052) for deferral: train
 the autoencoder continuously, then initialise the codebook from the mature encoder's latents (k-means) and only then
 quantize.
@@ -35,8 +36,8 @@ class QuantizerOutput(NamedTuple):
     """Output of :meth:`VectorQuantizer.forward`.
 
     Attributes:
-        quantized: shape of ``z``; the nearest codes with straight-through gradients to ``z`` (``z`` itself while
-            inactive).
+        quantized: shape of ``z``; the nearest codes with straight-through gradients to ``z`` (while inactive: ``z``
+            itself, or the l2-normalised ``z`` when ``normalize=True``).
         indices: ``(B, *spatial)`` int64 index of the nearest code of every latent (also computed while inactive).
         loss: scalar; codebook + commitment loss (gradient updates), commitment only (EMA), 0 while inactive.
         perplexity: scalar, perplexity of this batch's code distribution (a per-batch diagnostic only: use
@@ -55,7 +56,8 @@ class ActivationReport(NamedTuple):
     Attributes:
         num_samples: latents used (over all ranks).
         init: ``"kmeans"`` or ``"samples"``.
-        inertia: k-means inertia (sum of squared distances of the samples to their centroid), ``None`` for samples.
+        inertia: k-means inertia of the last assignment step (see :class:`~medvq.quantizers.KMeansResult`), ``None``
+            for ``init="samples"``.
         seconds: wall time of the codebook computation.
         usage: fraction of codes that are the nearest code of at least one sample right after activation.
     """
@@ -65,6 +67,19 @@ class ActivationReport(NamedTuple):
     inertia: float | None
     seconds: float
     usage: float
+
+
+def _check_samples(samples: Any, embedding_dim: int) -> tuple[type[Exception], str] | None:
+    """The (exception type, message) that ``activate`` must raise for these samples, or None when they are fine."""
+    if not isinstance(samples, torch.Tensor):
+        return TypeError, f"samples must be a torch.Tensor (N, D), got {type(samples).__name__}."
+    if not samples.is_floating_point():
+        return TypeError, f"samples must be a floating tensor, got dtype {samples.dtype}."
+    if samples.ndim != 2 or samples.shape[1] != embedding_dim:
+        return ValueError, f"samples must have shape (N, {embedding_dim}), got {tuple(samples.shape)}."
+    if not torch.isfinite(samples).all():
+        return ValueError, "samples contain NaN or inf values; check the encoder output before activating."
+    return None
 
 
 class VectorQuantizer(nn.Module):
@@ -82,10 +97,11 @@ class VectorQuantizer(nn.Module):
         codebook_update: ``"gradient"`` (codebook loss ``||sg(z) - e||^2`` trains the codes) or ``"ema"`` (codes are
             exponential moving averages of their assigned latents; the loss is the commitment term only).
         decay: EMA decay in [0, 1). Default 0.99. With 0 the codes become the batch means of their latents.
-        epsilon: Laplace smoothing of the EMA cluster sizes. Default 1e-5.
+        epsilon: codes whose EMA cluster size is <= epsilon keep their value (no division by ~0). Default 1e-5.
         normalize: l2-normalise latents and codes (cosine lookup, as the LlamaGen tokenizer). ``quantized`` is then
             on the unit sphere, and while inactive it is the normalised ``z``. Default False.
-        dead_code_threshold: revive codes unused for this many consecutive training steps by re-seeding them from
+        dead_code_threshold: revive codes unused for this many consecutive training-mode forward calls (micro-batches
+            under gradient accumulation count one each) by re-seeding them from
             current latents; 0 (default) disables revival. :attr:`num_revived` is the count of the last step and
             ``total_revived`` the running total.
         active: quantize from the start (True, the ``standard`` schedule) or start as a pass-through (False, the
@@ -132,8 +148,12 @@ class VectorQuantizer(nn.Module):
             raise ValueError(f"decay must be in [0, 1), got {decay!r}.")
         if commitment_cost < 0:
             raise ValueError(f"commitment_cost must be >= 0, got {commitment_cost!r}.")
+        if not epsilon > 0:
+            raise ValueError(f"epsilon must be > 0, got {epsilon!r}.")
         if isinstance(dead_code_threshold, bool) or not isinstance(dead_code_threshold, int) or dead_code_threshold < 0:
-            raise ValueError(f"dead_code_threshold must be an integer >= 0 (0 disables revival), got {dead_code_threshold!r}.")
+            raise ValueError(
+                f"dead_code_threshold must be an integer >= 0 (0 disables revival), got {dead_code_threshold!r}."
+            )
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}.")
         if kmeans_iterations < 0:
@@ -181,6 +201,21 @@ class VectorQuantizer(nn.Module):
             raise ValueError(f"VectorQuantizer extra state must be a dict with key 'active', got {state!r}.")
         self._active = bool(state["active"])
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        # EMA statistics are derived state: a checkpoint of a gradient-updated quantizer loads into an EMA one (the
+        # statistics restart from the loaded codebook) and vice versa (they are dropped), instead of failing or, worse,
+        # letting stale statistics overwrite the loaded codebook at the first EMA step
+        size_key, sum_key, weight_key = prefix + "ema_cluster_size", prefix + "ema_embed_sum", prefix + "weight"
+        if self.codebook_update == "ema" and weight_key in state_dict and sum_key not in state_dict:
+            state_dict[size_key] = torch.ones(self.num_embeddings)
+            state_dict[sum_key] = state_dict[weight_key].detach().clone()
+        elif self.codebook_update == "gradient":
+            state_dict.pop(size_key, None)
+            state_dict.pop(sum_key, None)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     @property
     def codebook(self) -> torch.Tensor:
         """The ``(K, D)`` code table as used for lookup (l2-normalised when ``normalize``)."""
@@ -195,7 +230,9 @@ class VectorQuantizer(nn.Module):
     # ------------------------------------------------------------------ forward
     def _check_input(self, z: Any) -> None:
         if not isinstance(z, torch.Tensor):
-            raise TypeError(f"VectorQuantizer expects a torch.Tensor z of shape (B, D, *spatial), got {type(z).__name__}.")
+            raise TypeError(
+                f"VectorQuantizer expects a torch.Tensor z of shape (B, D, *spatial), got {type(z).__name__}."
+            )
         if not z.is_floating_point():
             raise TypeError(f"VectorQuantizer expects a floating tensor z, got dtype {z.dtype}.")
         if z.ndim < 3:
@@ -231,9 +268,11 @@ class VectorQuantizer(nn.Module):
             counts = torch.bincount(indices, minlength=self.num_embeddings)  # (K,)
             perplexity = perplexity_from_counts(counts)
             if not self._active:
-                # 2a. continuous phase: pass-through, nothing learned by the codebook
+                # 2a. continuous phase: pass-through, nothing learned by the codebook. The zero loss still touches the
+                # codebook parameter so that DDP (without find_unused_parameters) gets a (zero) gradient for it
                 passed = z if not self.normalize else flat.view(*batch_shape, -1).movedim(-1, 1).to(z.dtype)
-                return QuantizerOutput(passed, indices.view(batch_shape), z.new_zeros((), dtype=torch.float32), perplexity)
+                zero = self.weight.sum() * 0.0 if self.weight.requires_grad else z.new_zeros((), dtype=torch.float32)
+                return QuantizerOutput(passed, indices.view(batch_shape), zero.float(), perplexity)
 
             # 2b. codebook statistics: EMA update and dead-code bookkeeping (training only, synchronised under DDP)
             if self.training and (self.codebook_update == "ema" or self.dead_code_threshold > 0):
@@ -258,17 +297,17 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _ema_update(self, flat: torch.Tensor, indices: torch.Tensor, counts: torch.Tensor) -> None:
-        sums = torch.zeros_like(self.ema_embed_sum).index_add_(0, indices, flat)  # (K, D) sum of assigned latents
+        buffer_dtype = self.ema_embed_sum.dtype
+        sums = torch.zeros_like(self.ema_embed_sum).index_add_(0, indices, flat.to(buffer_dtype))  # (K, D)
         all_reduce_sum_(sums)
         self.ema_cluster_size.mul_(self.decay).add_(counts.to(self.ema_cluster_size.dtype), alpha=1 - self.decay)
         self.ema_embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
-        # Laplace smoothing keeps codes with a tiny cluster size from dividing by ~0 (sonnet VectorQuantizerEMA)
-        size = self.ema_cluster_size
-        n = size.sum()
-        smoothed = (size + self.epsilon) / (n + self.num_embeddings * self.epsilon) * n
-        updated = self.ema_embed_sum / smoothed.unsqueeze(1)
-        # a code whose EMA size is exactly 0 (decay 0 and unassigned) has no mean to move to: keep it
-        self.weight.data.copy_(torch.where(size.unsqueeze(1) > 0, updated, self.weight.data))
+        # code = EMA sum / EMA size. Codes whose EMA size fell to <= epsilon keep their value instead of dividing by
+        # ~0; sonnet's VectorQuantizerEMA uses Laplace smoothing of the sizes for that, but it biases every code by
+        # ~(n + K eps) / n, 2% at K = 131072 codes and 64 latents per batch, so decay 0 would not give batch means
+        size = self.ema_cluster_size.unsqueeze(1)  # (K, 1)
+        updated = self.ema_embed_sum / size.clamp_min(self.epsilon)
+        self.weight.data.copy_(torch.where(size > self.epsilon, updated, self.weight.data).to(self.weight.dtype))
 
     @torch.no_grad()
     def _revive_dead_codes(self, flat: torch.Tensor, counts: torch.Tensor) -> None:
@@ -304,8 +343,9 @@ class VectorQuantizer(nn.Module):
     ) -> ActivationReport:
         """Set the codebook from latents of the current encoder and turn quantization on.
 
-        Under DDP (an initialized process group) the samples of all ranks are gathered, rank 0 computes the codebook
-        and broadcasts it, so every rank ends with the same codebook.
+        Under DDP (an initialized process group) it must be called on every rank (it runs collectives): the samples
+        of all ranks are gathered, rank 0 computes the codebook and broadcasts it, so every rank ends with the same
+        codebook. Invalid samples on any rank raise on every rank, so no rank is left waiting in a collective.
 
         Args:
             samples: ``(N, D)`` latents of the current encoder, ``N >= num_embeddings`` over all ranks.
@@ -323,14 +363,14 @@ class VectorQuantizer(nn.Module):
         """
         if init not in _INITS:
             raise ValueError(f"init must be one of {_INITS}, got {init!r}.")
-        if not isinstance(samples, torch.Tensor):
-            raise TypeError(f"samples must be a torch.Tensor (N, D), got {type(samples).__name__}.")
-        if not samples.is_floating_point():
-            raise TypeError(f"samples must be a floating tensor, got dtype {samples.dtype}.")
-        if samples.ndim != 2 or samples.shape[1] != self.embedding_dim:
-            raise ValueError(f"samples must have shape (N, {self.embedding_dim}), got {tuple(samples.shape)}.")
-        if not torch.isfinite(samples).all():
-            raise ValueError("samples contain NaN or inf values; check the encoder output before activating.")
+        problem = _check_samples(samples, self.embedding_dim)
+        if is_distributed():
+            # every rank must take the same branch before the collectives below, or the valid ranks would wait forever
+            failed = all_reduce_sum_(torch.tensor([float(problem is not None)], device=self.weight.device))
+            if problem is None and float(failed) > 0:
+                problem = (ValueError, "the latent samples of another rank are invalid (see that rank's error).")
+        if problem is not None:
+            raise problem[0](problem[1])
         start = time.perf_counter()
         device = self.weight.device
         # 1. all latents of all ranks, in rank order

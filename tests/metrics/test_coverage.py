@@ -293,3 +293,17 @@ def test_compute_errors():
     table = TRIANGLE[:2]
     with pytest.raises(ValueError, match=r"codebook has 2 codes at compute time but num_embeddings is 3"):
         shrinking.compute()
+
+
+def test_coverage_accepts_a_tokenizer_and_rejects_a_module_without_codebook():
+    from medvq.metrics import CodebookCoverage
+    from medvq.quantizers import VectorQuantizer
+
+    class Tokenizer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quantizer = VectorQuantizer(12, 3)
+
+    assert CodebookCoverage(Tokenizer()).num_embeddings == 12
+    with pytest.raises(TypeError, match="Linear module without a `codebook` attribute"):
+        CodebookCoverage(torch.nn.Linear(2, 2))

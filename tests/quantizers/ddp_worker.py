@@ -34,6 +34,32 @@ def main(out_dir: str) -> None:
     vq(z)  # second step: unused codes reach the threshold and are revived from rank 0's latents
     result["num_revived"] = vq.num_revived
     result["after_revival"] = vq.codebook.detach().clone()
+
+    # a DDP-wrapped encoder + quantizer trains through the continuous phase, the switch and the quantized phase
+    # (no find_unused_parameters: the pass-through must still give the codebook a gradient)
+    torch.manual_seed(0)  # identical initial weights on both ranks, as DDP expects
+    model = torch.nn.ModuleDict({"enc": torch.nn.Conv1d(4, 4, 1), "vq": VectorQuantizer(16, 4, active=False)})
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            out = self.inner["vq"](self.inner["enc"](x))
+            return out.quantized.square().mean() + out.loss
+
+    ddp = torch.nn.parallel.DistributedDataParallel(Wrapper(model))
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    for step in range(4):
+        if step == 2:
+            with torch.no_grad():
+                latents = model["enc"](torch.randn(8, 4, 10, generator=g)).movedim(1, -1).reshape(-1, 4)
+            model["vq"].activate(latents, seed=0)
+        optimizer.zero_grad()
+        ddp(torch.randn(2, 4, 10, generator=g)).backward()
+        optimizer.step()
+    result["ddp_weights"] = {k: v.detach().clone() for k, v in model.state_dict().items() if k != "vq._extra_state"}
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 

@@ -45,3 +45,11 @@ def test_dead_code_revival_stays_identical(ranks):
     r0, r1 = ranks
     assert r0["num_revived"] == r1["num_revived"] > 0
     assert torch.equal(r0["after_revival"], r1["after_revival"])
+
+
+def test_ddp_wrapped_training_through_the_switch(ranks):
+    """A DDP model trains in the pass-through phase, switches and quantizes; the ranks stay identical."""
+    r0, r1 = ranks
+    assert set(r0["ddp_weights"]) == set(r1["ddp_weights"])
+    for key in r0["ddp_weights"]:
+        assert torch.equal(r0["ddp_weights"][key], r1["ddp_weights"][key]), key

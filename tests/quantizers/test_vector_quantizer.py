@@ -102,6 +102,39 @@ def test_ema_with_decay_zero_gives_batch_means():
     torch.testing.assert_close(out.loss, 0.25 * F.mse_loss(z, q))
 
 
+def test_ema_decay_zero_is_exact_with_a_large_codebook():
+    """No Laplace smoothing: with K=8192 codes and 64 latents the codes are the batch means to float precision."""
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8192, 4, codebook_update="ema", decay=0.0, embedding_init="normal")
+    z = torch.randn(4, 4, 16)
+    out = vq(z)
+    flat, idx = z.movedim(1, -1).reshape(-1, 4), out.indices.flatten()
+    for k in idx.unique():
+        torch.testing.assert_close(vq.weight[k], flat[idx == k].mean(0), rtol=1e-6, atol=1e-6)
+
+
+def test_ema_update_in_bfloat16():
+    vq = VectorQuantizer(16, 4, codebook_update="ema", embedding_init="normal").to(torch.bfloat16)
+    out = vq(torch.randn(2, 4, 6, dtype=torch.bfloat16))
+    assert out.quantized.dtype == torch.bfloat16 and vq.weight.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("source,target", [("gradient", "ema"), ("ema", "gradient")])
+def test_state_dict_moves_between_update_rules(source, target):
+    torch.manual_seed(0)
+    trained = VectorQuantizer(32, 4, codebook_update=source, active=False)
+    trained.activate(torch.randn(300, 4) * 5)
+    loaded = VectorQuantizer(32, 4, codebook_update=target, active=False, decay=0.5)
+    loaded.load_state_dict(trained.state_dict())  # strict
+    assert loaded.active
+    torch.testing.assert_close(loaded.codebook, trained.codebook)
+    before = loaded.codebook.detach().clone()
+    loaded(torch.randn(2, 4, 8) * 5)  # one training step must move codes towards the data, not to a stale init
+    moved = (loaded.codebook.detach() - before).norm(dim=1)
+    assert float(loaded.codebook.detach().norm(dim=1).mean()) > 0.5 * float(before.norm(dim=1).mean())
+    assert float(moved.max()) < 10
+
+
 def test_ema_does_not_update_in_eval_mode():
     vq = VectorQuantizer(8, 2, codebook_update="ema", decay=0.0, embedding_init="normal").eval()
     before = vq.weight.detach().clone()
@@ -115,7 +148,9 @@ def test_inactive_is_pass_through(spatial):
     z = torch.randn(2, 4, *spatial, requires_grad=True)
     out = vq(z)
     assert out.quantized is z
-    assert float(out.loss) == 0.0
+    assert float(out.loss.detach()) == 0.0
+    out.loss.backward()  # the zero loss reaches the codebook (DDP needs a gradient for every parameter)
+    assert vq.weight.grad is not None and float(vq.weight.grad.abs().sum()) == 0.0
     # indices are still the nearest codes, so coverage can be watched before the switch
     active = VectorQuantizer(16, 4, embedding_init="normal")
     active.load_state_dict({**vq.state_dict(), "_extra_state": {"active": True}})
@@ -229,6 +264,9 @@ def test_autocast_keeps_float32_search():
         ({"num_embeddings": 8, "embedding_dim": 4, "embedding_init": "zeros"}, "embedding_init must be one of"),
         ({"num_embeddings": 8, "embedding_dim": 4, "dead_code_threshold": -1}, "dead_code_threshold must be"),
         ({"num_embeddings": 8, "embedding_dim": 4, "commitment_cost": -0.1}, "commitment_cost must be >= 0"),
+        ({"num_embeddings": 8, "embedding_dim": 4, "epsilon": 0.0}, "epsilon must be > 0"),
+        ({"num_embeddings": 8, "embedding_dim": 4, "chunk_size": 0}, "chunk_size must be >= 1"),
+        ({"num_embeddings": 8, "embedding_dim": 4, "kmeans_iterations": -1}, "kmeans_iterations must be >= 0"),
     ],
 )
 def test_constructor_errors(kwargs, message):
