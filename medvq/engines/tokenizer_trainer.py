@@ -45,6 +45,7 @@ class TokenizerKeys(StrEnum):
     QUANTIZE_ACTIVE = "quantize_active"
     GRAD_NORM = "grad_norm"  # generator gradient norm before clipping
     D_GRAD_NORM = "d_grad_norm"
+    LR = "lr"  # learning rate of the tokenizer's first parameter group
 
 
 def unwrap_model(network: nn.Module) -> nn.Module:
@@ -235,4 +236,5 @@ class TokenizerTrainer(Trainer):
             TokenizerKeys.QUANTIZE_ACTIVE: torch.tensor(float(quantizer.active)),
             TokenizerKeys.GRAD_NORM: grad_norm,
             TokenizerKeys.D_GRAD_NORM: d_grad_norm,
+            TokenizerKeys.LR: torch.tensor(float(engine.optimizer.param_groups[0]["lr"])),
         }

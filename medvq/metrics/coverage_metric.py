@@ -134,6 +134,8 @@ class CodebookCoverage(Metric):
                 f"or a callable returning the (K, D) table, got {type(codebook).__name__}."
             )
         self._codebook = codebook
+        #: ``(K,)`` whole-set code counts of the last :meth:`compute` (all ranks summed), None before the first one
+        self.last_counts: torch.Tensor | None = None
         self.prefix = prefix
         self.chunk_size = chunk_size
         self.num_embeddings = self._resolve_num_embeddings(num_embeddings)
@@ -305,6 +307,7 @@ class CodebookCoverage(Metric):
             raise NotComputableError(
                 "CodebookCoverage must have at least one index (update) before compute() can be called."
             )
+        self.last_counts = counts.detach().cpu().clone()  # whole-set code counts of this compute, for plots
         # 3. coverage numbers from the functional forms
         used = counts > 0  # (K,)
         result: dict[str, float | int] = {

@@ -1,0 +1,39 @@
+"""Datalist builders: ODIR-5K (per-eye labels, unusable images reported, split by patient), synthetic fundus images.
+
+Items are MONAI datalist dicts, ``{"image": path, ...}``, ready for ``monai.data.Dataset`` and the transforms of
+:mod:`medvq.transforms`; :func:`write_datalist_json` saves them for ``monai.data.load_decathlon_datalist``.
+"""
+
+from __future__ import annotations
+
+from medvq.data.folders import build_folder_datalist
+from medvq.data.odir import (
+    CLASS_NAMES,
+    CLASSES,
+    UNUSABLE_KEYWORDS,
+    DatalistSplit,
+    OdirDatalist,
+    OdirLayout,
+    build_odir_datalist,
+    detect_odir_layout,
+    keywords_to_label,
+    split_datalist,
+    write_datalist_json,
+)
+from medvq.data.synthetic import make_fundus_dataset
+
+__all__ = [
+    "CLASSES",
+    "CLASS_NAMES",
+    "UNUSABLE_KEYWORDS",
+    "DatalistSplit",
+    "OdirDatalist",
+    "OdirLayout",
+    "build_folder_datalist",
+    "build_odir_datalist",
+    "detect_odir_layout",
+    "keywords_to_label",
+    "make_fundus_dataset",
+    "split_datalist",
+    "write_datalist_json",
+]

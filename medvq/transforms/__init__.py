@@ -1,0 +1,21 @@
+"""MONAI dictionary transforms for fundus photographs: border crop, square pad, circular mask, full pipeline."""
+
+from __future__ import annotations
+
+from medvq.transforms.fundus import (
+    CircularMaskd,
+    ForegroundAbove,
+    FundusBorderCropd,
+    SquarePadd,
+    fundus_preprocessing,
+    make_dataset,
+)
+
+__all__ = [
+    "CircularMaskd",
+    "ForegroundAbove",
+    "FundusBorderCropd",
+    "SquarePadd",
+    "fundus_preprocessing",
+    "make_dataset",
+]
