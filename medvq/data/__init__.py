@@ -20,6 +20,7 @@ from medvq.data.odir import (
     split_datalist,
     write_datalist_json,
 )
+from medvq.data.sources import tokenizer_datalists
 from medvq.data.synthetic import make_fundus_dataset
 
 __all__ = [
@@ -35,5 +36,6 @@ __all__ = [
     "keywords_to_label",
     "make_fundus_dataset",
     "split_datalist",
+    "tokenizer_datalists",
     "write_datalist_json",
 ]

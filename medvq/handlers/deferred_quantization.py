@@ -43,7 +43,8 @@ class DeferredQuantizationHandler:
         network: the tokenizer (possibly DDP-wrapped) exposing ``encode(images) -> (B, D, *spatial)`` latents and a
             ``quantizer`` with ``active`` and ``activate(samples, init, seed)``
             (:class:`medvq.quantizers.VectorQuantizer`).
-        start: when to switch, in ``unit``; 0 switches before the first iteration (``kmeans_at_start``).
+        start: when to switch, in ``unit``; 0 switches before the first iteration (``kmeans_at_start``); None never
+            switches (the ``standard`` schedule, which quantizes from step 0 with a random codebook).
         unit: ``"iterations"`` (checked after every iteration) or ``"epochs"`` (after every epoch).
         num_samples: latent vectors handed to k-means (over all ranks). Must be >= the codebook size. Default 65536.
         init: ``"kmeans"`` (default) or ``"samples"``, see ``VectorQuantizer.activate``.
@@ -59,7 +60,7 @@ class DeferredQuantizationHandler:
     def __init__(
         self,
         network: nn.Module,
-        start: int,
+        start: int | None,
         unit: str = "iterations",
         num_samples: int = 65536,
         init: str = "kmeans",
@@ -70,8 +71,8 @@ class DeferredQuantizationHandler:
     ) -> None:
         if unit not in _UNITS:
             raise ValueError(f"unit must be one of {_UNITS}, got {unit!r}.")
-        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
-            raise ValueError(f"start must be an integer >= 0 ({unit}), got {start!r}.")
+        if start is not None and (isinstance(start, bool) or not isinstance(start, int) or start < 0):
+            raise ValueError(f"start must be an integer >= 0 ({unit}) or None, got {start!r}.")
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples!r}.")
         if max_batches is not None and max_batches < 1:
@@ -96,6 +97,8 @@ class DeferredQuantizationHandler:
 
     def attach(self, engine: Engine) -> None:
         """Register the switch on ``engine`` (STARTED for ``start=0``, then per iteration or per epoch)."""
+        if self.start is None:
+            return
         engine.add_event_handler(Events.STARTED, self)  # start=0, or a resumed run already past start
         event = Events.ITERATION_COMPLETED if self.unit == "iterations" else Events.EPOCH_COMPLETED
         engine.add_event_handler(event, self)

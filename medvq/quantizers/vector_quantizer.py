@@ -271,7 +271,7 @@ class VectorQuantizer(nn.Module):
                 # 2a. continuous phase: pass-through, nothing learned by the codebook. The zero loss still touches the
                 # codebook parameter so that DDP (without find_unused_parameters) gets a (zero) gradient for it
                 passed = z if not self.normalize else flat.view(*batch_shape, -1).movedim(-1, 1).to(z.dtype)
-                zero = self.weight.sum() * 0.0 if self.weight.requires_grad else z.new_zeros((), dtype=torch.float32)
+                zero = (self.weight.sum() * 0.0).abs() if self.weight.requires_grad else z.new_zeros((), dtype=torch.float32)
                 return QuantizerOutput(passed, indices.view(batch_shape), zero.float(), perplexity)
 
             # 2b. codebook statistics: EMA update and dead-code bookkeeping (training only, synchronised under DDP)

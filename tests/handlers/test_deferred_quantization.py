@@ -84,6 +84,13 @@ def test_already_active_quantizer_never_fires_again():
     assert calls == [] and all(a == 1 for a in active)
 
 
+def test_start_none_never_switches():
+    net, trainer, active = _setup(epochs=1)
+    DeferredQuantizationHandler(net, start=None).attach(trainer)
+    trainer.run()
+    assert active == [0, 0, 0, 0] and not hasattr(trainer.state, "deferred_switch")
+
+
 def test_too_few_latents_is_a_clear_error():
     net, trainer, _ = _setup(num_embeddings=256)
     DeferredQuantizationHandler(net, start=1, num_samples=64).attach(trainer)
@@ -95,7 +102,7 @@ def test_constructor_errors():
     net = vqgan_tiny()
     with pytest.raises(ValueError, match="unit must be one of"):
         DeferredQuantizationHandler(net, start=1, unit="steps")
-    with pytest.raises(ValueError, match="start must be an integer >= 0"):
+    with pytest.raises(ValueError, match="start must be an integer >= 0 .* or None"):
         DeferredQuantizationHandler(net, start=-1)
     with pytest.raises(ValueError, match="init must be 'kmeans' or 'samples'"):
         DeferredQuantizationHandler(net, start=1, init="random")
