@@ -6,11 +6,15 @@ can be audited and re-run on exactly the same images.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
+import torch.distributed as dist
+
 from medvq.data.odir import DatalistSplit, build_odir_datalist, split_datalist, write_datalist_json
 from medvq.data.synthetic import make_fundus_dataset
+from medvq.utils.distributed import is_distributed, rank
 
 __all__ = ["tokenizer_datalists"]
 
@@ -38,11 +42,37 @@ def tokenizer_datalists(
             ``dataset_dir`` is given; 0 makes a missing ``dataset_dir`` an error. Default 0.
         synthetic_size: side of the generated images in pixels. Default 96.
 
+    Under DDP only rank 0 reads the annotations, checks the images, generates data and writes ``datalist.json``;
+    the other ranks wait and read that file, so no two processes write the same files.
+
     Raises:
         FileNotFoundError: no ``dataset_dir`` and no synthetic data asked for, or a ``dataset_dir`` that holds no
             ODIR-5K layout (the message names the path and says how to obtain ODIR-5K).
     """
-    output_dir = Path(output_dir)
+    if not is_distributed():
+        return _build(dataset_dir, Path(output_dir), val_fraction, seed, synthetic_images, synthetic_size)
+    split, error = None, None
+    if rank() == 0:
+        try:
+            split = _build(dataset_dir, Path(output_dir), val_fraction, seed, synthetic_images, synthetic_size)
+        except Exception as exc:  # re-raised below, after releasing the other ranks
+            error = exc
+    failed = [error is not None]
+    dist.broadcast_object_list(failed, src=0)  # also the barrier: rank 0 has written datalist.json
+    if error is not None:
+        raise error
+    if failed[0]:
+        raise RuntimeError("building the datalists failed on rank 0; see its error.")
+    if split is None:
+        content = json.loads((Path(output_dir) / "datalist.json").read_text())
+        split = DatalistSplit(content["training"], content.get("validation", []))
+    return split
+
+
+def _build(
+    dataset_dir: str | Path | None, output_dir: Path, val_fraction: float, seed: int, synthetic_images: int,
+    synthetic_size: int,
+) -> DatalistSplit:
     output_dir.mkdir(parents=True, exist_ok=True)
     if dataset_dir:
         result = build_odir_datalist(dataset_dir, output_dir=output_dir, val_fraction=val_fraction, seed=seed)

@@ -198,26 +198,32 @@ class TokenizerTrainer(Trainer):
         rec = engine.reconstruction_loss(reconstruction, images)
         vq_loss = output.quantizer.loss.float()
         g_adv, weight = zero, zero
-        # 2. adversarial term with VQGAN's adaptive weight (after discriminator_start only)
+        # 2. adversarial term with VQGAN's adaptive weight (after discriminator_start only). The discriminator is
+        # frozen and called unwrapped here: no gradient lands in its parameters and, under DDP, its reducer stays idle
         if use_adversarial:
-            engine.discriminator.eval()  # no BatchNorm statistics update from the generator's pass
-            with engine._autocast():
-                g_adv = generator_loss(engine.discriminator(reconstruction), engine.adversarial_criterion)
-            weight = engine.adversarial_weight * adaptive_adversarial_weight(rec.total, g_adv, tokenizer.last_layer)
+            critic = unwrap_model(engine.discriminator)
+            critic.eval()  # no BatchNorm statistics update from the generator's pass
+            critic.requires_grad_(False)
+            try:
+                with engine._autocast():
+                    g_adv = generator_loss(critic(reconstruction), engine.adversarial_criterion)
+                weight = engine.adversarial_weight * adaptive_adversarial_weight(rec.total, g_adv, tokenizer.last_layer)
+            finally:
+                critic.requires_grad_(True)
         loss = rec.total + vq_loss + weight * g_adv
         # 3. generator update (scaled, unscaled, clipped)
         grad_norm = engine._step(loss, engine.optimizer, engine.g_scaler, network.parameters())
 
-        # 4. discriminator update on real images and detached reconstructions
+        # 4. discriminator update on real images and detached reconstructions, in ONE forward pass (a DDP module must
+        # not run forward twice before its backward)
         d_loss, d_grad_norm = zero, zero
         if use_adversarial:
             engine.discriminator.train()
             engine.d_optimizer.zero_grad(set_to_none=True)
             with engine._autocast():
-                d_loss = discriminator_loss(
-                    engine.discriminator(images), engine.discriminator(reconstruction.detach()),
-                    engine.adversarial_criterion,
-                )
+                logits = engine.discriminator(torch.cat([images, reconstruction.detach()]))[-1]  # (2B, 1, *patches)
+                real_logits, fake_logits = logits.chunk(2)
+                d_loss = discriminator_loss(real_logits, fake_logits, engine.adversarial_criterion)
             d_grad_norm = engine._step(d_loss, engine.d_optimizer, engine.d_scaler, engine.discriminator.parameters())
 
         # 5. a flat dict of detached scalars (no host sync here; handlers convert)
