@@ -20,6 +20,7 @@ import torch
 from ignite.engine import Events
 from monai.engines import Trainer
 from monai.engines.utils import default_prepare_batch
+from monai.inferers import Inferer, SimpleInferer
 from monai.utils.enums import StrEnum
 from torch import nn
 from torch.optim import Optimizer
@@ -84,6 +85,7 @@ class TokenizerTrainer(Trainer):
         prepare_batch: MONAI prepare-batch callable; its first output is the image tensor.
         train_handlers: MONAI/Ignite handlers to attach.
         key_train_metric, additional_metrics: MONAI metric dicts (computed on ``engine.state.output``).
+        inferer: how the network is called on a batch; default MONAI's ``SimpleInferer`` (``network(x, **kw)``).
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class TokenizerTrainer(Trainer):
         train_handlers: Sequence | None = None,
         key_train_metric: dict | None = None,
         additional_metrics: dict | None = None,
+        inferer: Inferer | None = None,
     ) -> None:
         if (discriminator is None) != (d_optimizer is None):
             raise ValueError("discriminator and d_optimizer must be given together (or neither).")
@@ -135,6 +138,7 @@ class TokenizerTrainer(Trainer):
             decollate=False,  # the output is a flat dict of scalars, nothing to decollate
         )
         self.network = network
+        self.inferer = SimpleInferer() if inferer is None else inferer
         self.optimizer = optimizer
         self.reconstruction_loss = reconstruction_loss
         self.discriminator = discriminator
@@ -193,7 +197,7 @@ class TokenizerTrainer(Trainer):
         # 1. generator forward: reconstruction, VQ terms, reconstruction terms
         engine.optimizer.zero_grad(set_to_none=True)
         with engine._autocast():
-            output = network(images, return_output=True)
+            output = engine.inferer(images, network, return_output=True)
         reconstruction = output.reconstruction
         rec = engine.reconstruction_loss(reconstruction, images)
         vq_loss = output.quantizer.loss.float()
