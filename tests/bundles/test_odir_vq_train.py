@@ -22,7 +22,8 @@ BUNDLE = ROOT / "bundles" / "odir_vq"
 TRAIN = str(BUNDLE / "configs" / "train.json")
 QUICKSTART = str(ROOT / "configs" / "quickstart.json")
 SCHEDULES = ROOT / "configs" / "schedules"
-SCHEMA = ROOT.parent / "shared" / "monai" / "meta_schema.json"
+# MONAI's bundle metadata schema, a local copy (Apache-2.0, from MONAI-extra-test-data 0.8.1) so the check runs offline
+SCHEMA = Path(__file__).with_name("meta_schema.json")
 
 
 def _workflow(output_dir: Path, *overlays: str, **overrides) -> ConfigWorkflow:
