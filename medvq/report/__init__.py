@@ -1,0 +1,13 @@
+"""Reports: codebook plots and side-by-side comparison of evaluated runs (``python -m medvq.report compare``)."""
+
+from medvq.report.compare import compare_runs, load_run, markdown_table
+from medvq.report.plots import plot_code_distances, plot_code_frequencies, plot_codebook_pca
+
+__all__ = [
+    "compare_runs",
+    "load_run",
+    "markdown_table",
+    "plot_code_distances",
+    "plot_code_frequencies",
+    "plot_codebook_pca",
+]
