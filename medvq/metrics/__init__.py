@@ -1,6 +1,9 @@
-"""Codebook coverage metrics: functional forms over whole-set statistics, and the accumulating Ignite metric.
+"""Whole-evaluation-set metrics of a tokenizer: codebook coverage and image fidelity.
 
-Fidelity metrics (FID, PSNR, SSIM, LPIPS) come later.
+Coverage: functional forms over whole-set statistics (:mod:`medvq.metrics.coverage`) and the accumulating Ignite
+metric ``CodebookCoverage``. Fidelity: FID math, offline feature extractors and streaming feature statistics
+(:mod:`medvq.metrics.fid`), and the Ignite metrics ``FID`` and ``ImageFidelity`` (PSNR, SSIM, MS-SSIM, LPIPS) in
+:mod:`medvq.metrics.fidelity`.
 """
 
 from __future__ import annotations
@@ -16,13 +19,59 @@ from medvq.metrics.coverage import (
     shrinkage,
     trace_covariance,
 )
+from medvq.metrics.fid import (
+    EXTRACTOR_KINDS,
+    FID_EXTRACTOR_CONFIG_KEY,
+    INCEPTION_NAME,
+    INCEPTION_URL,
+    ExtractorInfo,
+    FeatureExtractor,
+    FeatureStatistics,
+    FIDResult,
+    default_extractor_dirs,
+    feature_statistics,
+    fid_from_batches,
+    frechet_distance,
+    load_feature_extractor,
+)
+
+# defined in medvq.metrics.fidelity, which imports Ignite and MONAI's metrics: imported on first use (see __getattr__)
+_FIDELITY_NAMES = (
+    "FID",
+    "ImageFidelity",
+    "LPIPSStatus",
+    "MS_SSIM_WEIGHTS",
+    "image_fidelity",
+    "lpips_status",
+    "ms_ssim_min_size",
+)
 
 __all__ = [
     "CodebookCoverage",
     "DISTANCE_CHUNK_SIZE",
+    "EXTRACTOR_KINDS",
+    "ExtractorInfo",
+    "FID",
+    "FIDResult",
+    "FID_EXTRACTOR_CONFIG_KEY",
+    "FeatureExtractor",
+    "FeatureStatistics",
+    "INCEPTION_NAME",
+    "INCEPTION_URL",
+    "ImageFidelity",
+    "LPIPSStatus",
+    "MS_SSIM_WEIGHTS",
     "code_usage",
     "dead_codes",
+    "default_extractor_dirs",
+    "feature_statistics",
+    "fid_from_batches",
+    "frechet_distance",
+    "image_fidelity",
+    "load_feature_extractor",
+    "lpips_status",
     "mean_code_distance",
+    "ms_ssim_min_size",
     "perplexity_from_counts",
     "shrinkage",
     "trace_covariance",
@@ -36,4 +85,8 @@ def __getattr__(name: str) -> Any:
         from medvq.metrics.coverage_metric import CodebookCoverage
 
         return CodebookCoverage
+    if name in _FIDELITY_NAMES:
+        from medvq.metrics import fidelity
+
+        return getattr(fidelity, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
