@@ -2,7 +2,8 @@
 
 Attached to a :class:`medvq.engines.TokenizerEvaluator`, it keeps a random subset of the encoder latents while the
 evaluation runs (for the PCA picture) and, when it completes, writes everything ``python -m medvq.report compare``
-reads. ``metrics.json`` holds every number of ``engine.state.metrics`` (NaN written as ``null``, never 0), the number of
+reads. ``metrics.json`` holds every value of ``engine.state.metrics`` (NaN written as ``null``, infinities as
+``"inf"``, not-applicable notes as strings; never a silent 0), the number of
 images, the checkpoint's file name and sha256, the feature extractor used for FID (or null) and the schedule.
 """
 
@@ -38,8 +39,10 @@ def file_sha256(path: str | Path) -> str:
 def _number(value: Any) -> Any:
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+    if isinstance(value, float) and math.isnan(value):
         return None
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"  # e.g. PSNR of an exact copy; strict JSON has no Infinity
     return value
 
 

@@ -329,19 +329,21 @@ def lpips_status(net: str = "alex") -> LPIPSStatus:
         raise ValueError(f"net must be one of {tuple(_LPIPS_BACKBONES)}, got {net!r}.")
     spec = importlib.util.find_spec("lpips")
     if spec is None or spec.origin is None:
-        return LPIPSStatus(False, "the `lpips` package is not installed (pip install lpips, with its weights local)")
+        return LPIPSStatus(
+            False, "unavailable: the `lpips` package is not installed (pip install lpips, with its weights local)"
+        )
     linear = Path(spec.origin).parent / "weights" / "v0.1" / f"{net}.pth"
     if not linear.is_file():
-        return LPIPSStatus(False, f"the LPIPS linear-layer weights {linear} are missing")
+        return LPIPSStatus(False, f"unavailable: the LPIPS linear-layer weights {linear} are missing")
     if importlib.util.find_spec("torchvision") is None:
-        return LPIPSStatus(False, "torchvision (the LPIPS backbone) is not installed")
+        return LPIPSStatus(False, "unavailable: torchvision (the LPIPS backbone) is not installed")
     import torchvision.models  # only reached when lpips is installed
 
     url = getattr(torchvision.models, _LPIPS_BACKBONES[net]).IMAGENET1K_V1.url
     backbone = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
     if not backbone.is_file():
         return LPIPSStatus(
-            False, f"the {net} backbone weights {backbone} are missing (torchvision would download them)"
+            False, f"unavailable: the {net} backbone weights {backbone} are missing (torchvision would download them)"
         )
     return LPIPSStatus(True, f"lpips net={net}, backbone {backbone.name}")
 
@@ -438,7 +440,7 @@ class ImageFidelity(Metric):
         if not lpips:
             status = LPIPSStatus(False, "not requested (lpips=False)")
         elif spatial_dims != 2:
-            status = LPIPSStatus(False, "LPIPS is a 2D network: not applicable to 3D images")
+            status = LPIPSStatus(False, "not applicable: LPIPS is a 2D network and the images are 3D")
         self.lpips_status = status
         self.lpips_net = lpips_net
         self._lpips_model: Callable | None = None
@@ -552,7 +554,7 @@ class ImageFidelity(Metric):
             )
         result["lpips"] = float(self._lpips_sum) / n if self.lpips_status.available else None
         if result["lpips"] is None:
-            result["lpips_note"] = f"unavailable: {self.lpips_status.reason}"
+            result["lpips_note"] = self.lpips_status.reason
         result["num_images"] = n
         return {self.prefix + key: value for key, value in result.items()}
 
