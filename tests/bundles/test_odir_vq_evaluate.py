@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+import torch
 from monai.bundle import ConfigWorkflow
 
 from medvq.report import compare_runs
@@ -25,14 +27,33 @@ def _run(configs, run_id, **overrides):
     return workflow
 
 
+class _TinyExtractor(torch.nn.Module):
+    """A small TorchScript feature extractor (images in [-1, 1] -> (B, 8)), standing in for Inception offline."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x)).mean(dim=(2, 3))
+
+
 def test_evaluate_writes_metrics_plots_and_compares(tmp_path):
+    torch.manual_seed(0)
+    extractor = tmp_path / "tiny_extractor.pt"
+    torch.jit.script(_TinyExtractor()).save(str(extractor))
     for schedule in ("standard", "deferred"):
         out = tmp_path / schedule
         overlay = str(ROOT / "configs" / "schedules" / f"{schedule}.json")
         _run([TRAIN, QUICKSTART, overlay], "training", output_dir=str(out), num_epochs=2, synthetic_images=24,
              num_workers=0, checkpoint_every=100)
-        _run([TRAIN, QUICKSTART, EVALUATE], "evaluate", output_dir=str(out), num_workers=0)
+        _run([TRAIN, QUICKSTART, EVALUATE], "evaluate", output_dir=str(out), num_workers=0,
+             fid_extractor_path=str(extractor), fid_extractor_kind="generic")
         report = json.loads((out / "eval" / "metrics.json").read_text())
+        assert isinstance(report["metrics"]["r_fid"], float) and report["metrics"]["r_fid"] >= 0
+        assert report["feature_extractor"]["file_name"] == "tiny_extractor.pt"
+        assert len(report["feature_extractor"]["sha256"]) == 64
+        assert report["metrics"]["ms_ssim"] is None and "not applicable" in report["metrics"]["ms_ssim_note"]
         assert report["schedule"] == schedule
         validation = json.loads((out / "datalist.json").read_text())["validation"]
         assert report["num_images"] == len(validation) > 0
@@ -44,3 +65,20 @@ def test_evaluate_writes_metrics_plots_and_compares(tmp_path):
     result = compare_runs([tmp_path / "standard", tmp_path / "deferred"], tmp_path / "comparison")
     assert "| schedule | standard | deferred |" in result["table"]
     assert len(result["plots"]) == 2
+
+
+def test_evaluate_without_extractor_says_so_and_a_missing_one_is_an_error(tmp_path):
+    out = tmp_path / "run"
+    _run([TRAIN, QUICKSTART], "training", output_dir=str(out), num_epochs=1, synthetic_images=16, num_workers=0,
+         checkpoint_every=100)
+    _run([TRAIN, QUICKSTART, EVALUATE], "evaluate", output_dir=str(out), num_workers=0)
+    report = json.loads((out / "eval" / "metrics.json").read_text())
+    assert "r_fid" not in report["metrics"] and "fid_extractor_path" in report["r_fid_note"]
+    assert report["feature_extractor"] is None
+    with pytest.raises(Exception) as info:
+        _run([TRAIN, QUICKSTART, EVALUATE], "evaluate", output_dir=str(out), num_workers=0,
+             fid_extractor_path=str(tmp_path / "inception-2015-12-05.pt"))
+    error = info.value
+    while error.__cause__ is not None:
+        error = error.__cause__
+    assert isinstance(error, FileNotFoundError) and "fid_extractor_path" in str(error)
