@@ -17,7 +17,7 @@ from monai.engines.utils import default_prepare_batch
 from monai.utils.enums import StrEnum
 from torch import nn
 
-from medvq.engines.tokenizer_trainer import unwrap_model
+from medvq.utils.distributed import unwrap_model
 
 __all__ = ["TokenizerEvalKeys", "TokenizerEvaluator"]
 

@@ -26,6 +26,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from medvq.losses.adversarial import adaptive_adversarial_weight, discriminator_loss, generator_loss
+from medvq.utils.distributed import unwrap_model
 
 __all__ = ["TokenizerKeys", "TokenizerTrainer", "unwrap_model"]
 
@@ -48,10 +49,6 @@ class TokenizerKeys(StrEnum):
     D_GRAD_NORM = "d_grad_norm"
     LR = "lr"  # learning rate of the tokenizer's first parameter group
 
-
-def unwrap_model(network: nn.Module) -> nn.Module:
-    """The module inside ``DistributedDataParallel`` / ``DataParallel`` (or the network itself)."""
-    return network.module if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else network
 
 
 _AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -22,7 +22,7 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
-from medvq.utils.distributed import all_reduce_sum_, rank, world_size
+from medvq.utils.distributed import all_reduce_sum_, rank, unwrap_model, world_size
 
 if TYPE_CHECKING:
     from medvq.quantizers import ActivationReport
@@ -31,9 +31,6 @@ __all__ = ["DeferredQuantizationHandler"]
 
 _UNITS = ("iterations", "epochs")
 
-
-def _unwrap(network: nn.Module) -> nn.Module:
-    return network.module if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else network
 
 
 class DeferredQuantizationHandler:
@@ -93,7 +90,7 @@ class DeferredQuantizationHandler:
     @property
     def fired(self) -> bool:
         """True once quantization is on (read from the quantizer, so it survives checkpoints)."""
-        return bool(_unwrap(self.network).quantizer.active)
+        return bool(unwrap_model(self.network).quantizer.active)
 
     def attach(self, engine: Engine) -> None:
         """Register the switch on ``engine`` (STARTED for ``start=0``, then per iteration or per epoch)."""
@@ -115,7 +112,7 @@ class DeferredQuantizationHandler:
     @torch.no_grad()
     def collect_latents(self, engine: Engine) -> torch.Tensor:
         """``(n, D)`` latents of the current encoder over this rank's share of the data (n <= num_samples / ranks)."""
-        tokenizer = _unwrap(self.network)
+        tokenizer = unwrap_model(self.network)
         loader = self.data_loader if self.data_loader is not None else engine.data_loader
         device = engine.state.device if getattr(engine.state, "device", None) is not None else next(
             tokenizer.parameters()).device
@@ -160,7 +157,7 @@ class DeferredQuantizationHandler:
 
     def switch(self, engine: Engine) -> ActivationReport:
         """Collect latents and activate the quantizer now (called by the handler at ``start``)."""
-        quantizer = _unwrap(self.network).quantizer
+        quantizer = unwrap_model(self.network).quantizer
         started = time.perf_counter()
         samples = self.collect_latents(engine)
         total = all_reduce_sum_(torch.tensor([samples.shape[0]], device=samples.device)).item()

@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
-__all__ = ["is_distributed", "rank", "world_size", "all_reduce_sum_", "broadcast_", "all_gather_rows"]
+__all__ = ["is_distributed", "rank", "world_size", "all_reduce_sum_", "broadcast_", "all_gather_rows", "unwrap_model"]
+
+
+def unwrap_model(network: nn.Module) -> nn.Module:
+    """The module inside ``DistributedDataParallel`` / ``DataParallel`` (or the network itself)."""
+    return network.module if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else network
 
 
 def is_distributed() -> bool:
