@@ -1,6 +1,7 @@
 """Quantizers: exact chunked nearest-code search, k-means, and the deferred-quantization VectorQuantizer."""
 
 from medvq.quantizers.kmeans import KMeansResult, kmeans
+from medvq.quantizers.multiscale import MultiScaleQuantizerOutput, MultiScaleResidualQuantizer
 from medvq.quantizers.search import DEFAULT_CHUNK_SIZE, NearestCodes, nearest_codes
 from medvq.quantizers.vector_quantizer import ActivationReport, QuantizerOutput, VectorQuantizer
 
@@ -8,6 +9,8 @@ __all__ = [
     "ActivationReport",
     "DEFAULT_CHUNK_SIZE",
     "KMeansResult",
+    "MultiScaleQuantizerOutput",
+    "MultiScaleResidualQuantizer",
     "NearestCodes",
     "QuantizerOutput",
     "VectorQuantizer",

@@ -5,6 +5,7 @@ the test compares: the codebook after ``activate``, after an EMA step on differe
 dead-code revival.
 """
 
+import faulthandler
 import os
 import sys
 
@@ -15,6 +16,7 @@ from medvq.quantizers import VectorQuantizer
 
 
 def main(out_dir: str) -> None:
+    faulthandler.dump_traceback_later(60, exit=True)  # a hang shows where it is stuck instead of timing the test out
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     g = torch.Generator().manual_seed(100 + rank)
@@ -61,6 +63,10 @@ def main(out_dir: str) -> None:
         optimizer.step()
     result["ddp_weights"] = {k: v.detach().clone() for k, v in model.state_dict().items() if k != "vq._extra_state"}
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    # free the DDP reducer while the process group still exists: destroying it afterwards (when main returns) can
+    # hang the process at exit with gloo
+    del ddp, optimizer
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -1,0 +1,327 @@
+"""Multi-scale residual quantizer (VAR's tokenizer quantizer) with deferred quantization.
+
+Follows VAR (Tian et al. 2024, arXiv 2404.02905, ``models/quant.py``: ``VectorQuantizer2``, ``Phi``,
+``PhiPartiallyShared``): a latent ``z`` of shape ``(B, D, *S)`` is quantized as a sum of token maps at increasing
+scales, all drawn from one shared codebook. With ``f_rest = z`` and ``f_hat = 0``, for every scale ``k``::
+
+    r_k   = down_k(f_rest)                # area (adaptive average) pooling; identity at the last scale
+    idx_k = nearest code of each r_k vector
+    h_k   = phi_k(up(codebook[idx_k]))    # bicubic (2D) / trilinear (3D); identity at the last scale
+    f_hat += h_k;  f_rest -= h_k
+
+``phi_k(h) = (1 - r) h + r conv(h)`` is one of ``phi_shared`` 3x3(x3) convolutions shared by neighbouring scales,
+chosen as in VAR's ``PhiPartiallyShared``. The loss is VAR's: the mean over scales of
+``||f_hat_k - sg(z)||^2 + beta ||sg(f_hat_k) - z||^2`` with ``f_hat_k`` the running sum after scale ``k`` (codebook
+and phi learn from the first term, the encoder from the second). The output is ``f_hat`` with a straight-through
+gradient of the identity to ``z``.
+
+Deferral is the same contract as :class:`~medvq.quantizers.VectorQuantizer` ("Early Quantization Shrinks Codebook",
+arXiv 2603.17052): the codebook, ``active`` and :meth:`MultiScaleResidualQuantizer.activate` (gather / rank-0 k-means /
+broadcast) are those of an inner ``VectorQuantizer`` (:attr:`MultiScaleResidualQuantizer.codes`), so the DDP-safe
+activation code exists once.
+
+Limitations: as in VAR, phi also refines the last scale, so with ``phi_shared > 0`` even a codebook containing every
+residual gives ``f_hat != z`` (the residual ``r_last - phi(r_last)`` remains; phi and the decoder learn to absorb it);
+with ``phi_shared=0`` such a codebook reconstructs ``z`` exactly. The codebook is gradient-updated only (no EMA, no l2-normalised lookup, no dead-code revival); the
+nearest-code search is exact, O(N K D) per scale; ``spatial_dims`` is 2 or 3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import pairwise
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.networks.layers.factories import Conv
+from torch import nn
+
+from medvq.metrics.coverage import perplexity_from_counts
+from medvq.quantizers.search import DEFAULT_CHUNK_SIZE, nearest_codes
+from medvq.quantizers.vector_quantizer import ActivationReport, VectorQuantizer
+
+__all__ = ["MultiScaleQuantizerOutput", "MultiScaleResidualQuantizer"]
+
+_UP_MODES = {2: "bicubic", 3: "trilinear"}  # smooth modes valid for 4D / 5D tensors in F.interpolate
+_VAR_SCALES = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+
+
+class MultiScaleQuantizerOutput(NamedTuple):
+    """Output of :meth:`MultiScaleResidualQuantizer.forward`.
+
+    Attributes:
+        quantized: shape of ``z``; ``f_hat`` with straight-through gradients to ``z`` (while inactive: ``z``).
+        indices: one ``(B, *scale_k)`` int64 token map per scale.
+        loss: scalar; VAR's mean over scales of codebook + beta * commitment, 0 while inactive.
+        perplexity: scalar, perplexity of this batch's codes pooled over all scales (per-batch diagnostic).
+        per_scale_perplexity: ``(num_scales,)`` float, perplexity of this batch's codes at each scale.
+        per_scale_usage: ``(num_scales,)`` float, fraction of the K codes hit at each scale in this batch.
+    """
+
+    quantized: torch.Tensor
+    indices: list[torch.Tensor]
+    loss: torch.Tensor
+    perplexity: torch.Tensor
+    per_scale_perplexity: torch.Tensor
+    per_scale_usage: torch.Tensor
+
+
+class _Cascade(NamedTuple):
+    partial_sums: list[torch.Tensor]  # f_hat after each scale, (B, D, *S) each
+    indices: list[torch.Tensor]  # (B, *scale_k) each
+    residuals: list[torch.Tensor]  # r_k as (B * prod(scale_k), D) each
+
+
+class _Phi(nn.Module):
+    """VAR's ``Phi``: ``(1 - r) h + r conv(h)``, a 3x3(x3) convolution blended with the identity."""
+
+    def __init__(self, spatial_dims: int, channels: int, ratio: float) -> None:
+        super().__init__()
+        self.conv = Conv[Conv.CONV, spatial_dims](channels, channels, kernel_size=3, padding=1)
+        self.ratio = float(ratio)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h.mul(1.0 - self.ratio) + self.conv(h).mul(self.ratio)
+
+
+def _normalize_scales(scales: Any, spatial_dims: int) -> tuple[tuple[int, ...], ...]:
+    if not isinstance(scales, Sequence) or isinstance(scales, str) or len(scales) == 0:
+        raise ValueError(f"scales must be a non-empty sequence of ints or per-axis tuples, got {scales!r}.")
+    out = []
+    for s in scales:
+        if isinstance(s, int) and not isinstance(s, bool):
+            axes = (s,) * spatial_dims  # same size on every axis
+        else:
+            axes = tuple(s) if isinstance(s, Sequence) else None
+        if axes is None or len(axes) != spatial_dims or any(
+            isinstance(a, bool) or not isinstance(a, int) or a < 1 for a in axes
+        ):
+            raise ValueError(
+                f"scales entries must be ints >= 1 or tuples of {spatial_dims} ints >= 1 (spatial_dims), got {s!r}."
+            )
+        out.append(axes)
+    for prev, cur in pairwise(out):
+        if any(c < p for p, c in zip(prev, cur)) or cur == prev:
+            raise ValueError(
+                f"scales must be increasing (no axis shrinks, each scale differs from the previous), got {prev} "
+                f"then {cur}."
+            )
+    return tuple(out)
+
+
+class MultiScaleResidualQuantizer(nn.Module):
+    """VAR's multi-scale residual quantizer with one shared codebook and deferred quantization.
+
+    While ``active`` is False the module is a pass-through (``quantized`` is ``z``, ``loss`` is 0) that still reports
+    per-scale ``indices``: the nearest codes of the residuals an exact quantizer would leave (see
+    :meth:`collect_residuals`). :meth:`activate` sets the codebook from such residuals and turns quantization on;
+    ``active`` is saved in the state dict (extra state of :attr:`codes`).
+
+    Args:
+        num_embeddings: K, the number of codes shared by all scales (>= 1).
+        embedding_dim: D, the code dimension; ``z`` must have D channels.
+        scales: token-map sizes, coarse to fine; each an int (same on every axis) or a tuple of ``spatial_dims``
+            ints. The last one must equal ``z``'s spatial shape. Default VAR's ``(1, 2, 3, 4, 5, 6, 8, 10, 13, 16)``
+            (a 16x16 latent).
+        spatial_dims: 2 or 3. Default 2.
+        commitment_cost: beta, weight of the encoder term ``||sg(f_hat) - z||^2``. Default 0.25 (VAR, VQ-VAE).
+        phi_shared: number of phi convolutions shared across scales (VAR's ``PhiPartiallyShared``, 4 in VAR);
+            0 disables phi (``h_k`` is the upsampled code). Default 4.
+        phi_residual_ratio: r in ``phi(h) = (1 - r) h + r conv(h)``, in [0, 1]. Default 0.5 (VAR's ``quant_resi``).
+        active: quantize from the start (True) or start as a pass-through (False). Default True.
+        chunk_size: bound on the elements of one block of the distance matrix (memory, not speed). Default 2**20.
+        kmeans_iterations: Lloyd iterations of :meth:`activate` with ``init="kmeans"``. Default 20.
+
+    Example:
+        >>> msq = MultiScaleResidualQuantizer(num_embeddings=16, embedding_dim=4, scales=(1, 2, 4), active=False)
+        >>> z = torch.randn(2, 4, 4, 4)
+        >>> report = msq.activate(msq.collect_residuals(z))
+        >>> [t.shape for t in msq(z).indices]
+        [torch.Size([2, 1, 1]), torch.Size([2, 2, 2]), torch.Size([2, 4, 4])]
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        scales: Sequence[int | Sequence[int]] = _VAR_SCALES,
+        spatial_dims: int = 2,
+        commitment_cost: float = 0.25,
+        phi_shared: int = 4,
+        phi_residual_ratio: float = 0.5,
+        active: bool = True,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        kmeans_iterations: int = 20,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in _UP_MODES:
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}.")
+        if isinstance(phi_shared, bool) or not isinstance(phi_shared, int) or phi_shared < 0:
+            raise ValueError(f"phi_shared must be an integer >= 0 (0 disables phi), got {phi_shared!r}.")
+        if not 0.0 <= phi_residual_ratio <= 1.0:
+            raise ValueError(f"phi_residual_ratio must be in [0, 1], got {phi_residual_ratio!r}.")
+        self.scales = _normalize_scales(scales, spatial_dims)
+        self.spatial_dims = spatial_dims
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.chunk_size = int(chunk_size)
+        # the shared codebook, `active` and the DDP-safe `activate` live in one VectorQuantizer (validates K, D, beta,
+        # chunk_size); its forward is never called
+        self.codes = VectorQuantizer(
+            num_embeddings, embedding_dim, commitment_cost=commitment_cost, active=active, chunk_size=chunk_size,
+            kmeans_iterations=kmeans_iterations,
+        )
+        self.commitment_cost = float(commitment_cost)
+        self.phis = nn.ModuleList(_Phi(spatial_dims, embedding_dim, phi_residual_ratio) for _ in range(phi_shared))
+        # VAR's PhiPartiallyShared: scale k sits at k / (num_scales - 1) in [0, 1] and takes the phi whose tick
+        # (evenly spread in [1/(3n), 1 - 1/(3n)]) is nearest, so neighbouring scales share a convolution
+        if phi_shared > 0:
+            ticks = np.linspace(1 / 3 / phi_shared, 1 - 1 / 3 / phi_shared, phi_shared)
+            last = max(len(self.scales) - 1, 1)
+            self.phi_index = tuple(int(np.argmin(np.abs(ticks - k / last))) for k in range(len(self.scales)))
+        else:
+            self.phi_index = ()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def active(self) -> bool:
+        """True when quantizing; False while a pass-through (continuous phase)."""
+        return self.codes.active
+
+    @active.setter
+    def active(self, value: bool) -> None:
+        self.codes.active = value
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """The shared ``(K, D)`` code table."""
+        return self.codes.codebook
+
+    @property
+    def num_scales(self) -> int:
+        return len(self.scales)
+
+    def extra_repr(self) -> str:
+        return f"scales={self.scales}, spatial_dims={self.spatial_dims}, phi_index={self.phi_index}"
+
+    # ------------------------------------------------------------------ cascade
+    def _check_input(self, z: Any) -> None:
+        if not isinstance(z, torch.Tensor) or not z.is_floating_point():
+            raise TypeError(f"z must be a floating torch.Tensor (B, D, *spatial), got {type(z).__name__}.")
+        if z.ndim != self.spatial_dims + 2 or z.shape[1] != self.embedding_dim:
+            raise ValueError(
+                f"z must have shape (B, embedding_dim={self.embedding_dim}, *spatial) with spatial_dims="
+                f"{self.spatial_dims} spatial axes, got {tuple(z.shape)}."
+            )
+        if tuple(z.shape[2:]) != self.scales[-1]:
+            raise ValueError(
+                f"z's spatial shape {tuple(z.shape[2:])} must equal the last of scales, {self.scales[-1]}."
+            )
+
+    def _refine(self, k: int, codes: torch.Tensor) -> torch.Tensor:
+        """``phi_k(up(codes))``: ``(B, D, *scale_k)`` -> ``(B, D, *S)``."""
+        if k != self.num_scales - 1:  # the last scale is the full resolution: no interpolation
+            codes = F.interpolate(codes, size=self.scales[-1], mode=_UP_MODES[self.spatial_dims])
+        return self.phis[self.phi_index[k]](codes) if self.phis else codes
+
+    def _cascade(self, z: torch.Tensor, use_codebook: bool) -> _Cascade:
+        """Residual cascade over the scales; ``use_codebook=False`` replaces each code by its exact residual."""
+        batch, dim = z.shape[:2]
+        codebook = self.codebook
+        f_rest = z.detach()  # indices are not differentiable, so the running residual needs no graph
+        f_hat = torch.zeros_like(z)
+        partial_sums, indices, residuals = [], [], []
+        for k, scale in enumerate(self.scales):
+            # 1. residual at scale k
+            r = f_rest if k == self.num_scales - 1 else F.interpolate(f_rest, size=scale, mode="area")
+            flat = r.movedim(1, -1).reshape(-1, dim)  # (B, D, *scale) -> (B * prod(scale), D)
+            # 2. nearest shared code (exact, chunked)
+            idx = nearest_codes(flat, codebook.detach(), self.chunk_size).indices  # (B * prod(scale),)
+            chosen = F.embedding(idx, codebook) if use_codebook else flat  # (N_k, D)
+            # 3. refine, accumulate, subtract
+            h = self._refine(k, chosen.view(batch, *scale, dim).movedim(-1, 1))  # (B, D, *S)
+            f_hat = f_hat + h
+            f_rest = f_rest - h.detach()
+            partial_sums.append(f_hat)
+            indices.append(idx.view(batch, *scale))
+            residuals.append(flat)
+        return _Cascade(partial_sums, indices, residuals)
+
+    def _statistics(self, indices: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        counts = torch.stack([torch.bincount(i.flatten(), minlength=self.num_embeddings) for i in indices])  # (n, K)
+        per_scale_perplexity = torch.stack([perplexity_from_counts(c) for c in counts]).float()
+        per_scale_usage = counts.gt(0).float().mean(dim=1)
+        return perplexity_from_counts(counts.sum(0)).float(), per_scale_perplexity, per_scale_usage
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, z: torch.Tensor) -> MultiScaleQuantizerOutput:
+        """Quantize ``z`` of shape ``(B, D, *scales[-1])``.
+
+        Returns:
+            :class:`MultiScaleQuantizerOutput`.
+        """
+        self._check_input(z)
+        # float32 whatever the autocast dtype: bf16 rounding changes argmins and the residual sums
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            z32 = z.float()
+            active = self.active
+            cascade = self._cascade(z32, use_codebook=active)
+            stats = self._statistics(cascade.indices)
+            if not active:
+                # pass-through; the zero loss touches every parameter so DDP gets a (zero) gradient for each
+                zero = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+                return MultiScaleQuantizerOutput(z, cascade.indices, torch.as_tensor(zero).float().abs(), *stats)
+            # VAR's loss on every running sum: codebook + phi learn from the first term, the encoder from the second
+            loss = z32.new_zeros(())
+            for f_hat in cascade.partial_sums:
+                loss = loss + F.mse_loss(f_hat, z32.detach()) + self.commitment_cost * F.mse_loss(f_hat.detach(), z32)
+            loss = loss / self.num_scales
+            f_hat = cascade.partial_sums[-1]
+            # straight-through: the value of f_hat, the gradient of the identity to z
+            quantized = z32 + (f_hat - z32).detach()
+        return MultiScaleQuantizerOutput(quantized.to(z.dtype), cascade.indices, loss, *stats)
+
+    # ------------------------------------------------------------------ tokens
+    @torch.no_grad()
+    def latent_to_indices(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """Per-scale token maps ``(B, *scale_k)`` of ``z`` with the current codebook (active or not)."""
+        self._check_input(z)
+        return self._cascade(z.float(), use_codebook=True).indices
+
+    def indices_to_latent(self, indices: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``f_hat = sum_k phi_k(up(codebook[indices[k]]))`` as ``(B, D, *scales[-1])`` (what the decoder consumes)."""
+        if len(indices) != self.num_scales:
+            raise ValueError(f"indices must hold one token map per scale ({self.num_scales}), got {len(indices)}.")
+        batch = indices[0].shape[0]
+        f_hat = None
+        for k, (idx, scale) in enumerate(zip(indices, self.scales)):
+            if tuple(idx.shape) != (batch, *scale):
+                raise ValueError(f"indices[{k}] must have shape {(batch, *scale)}, got {tuple(idx.shape)}.")
+            codes = self.codes.lookup(idx)  # (B, D, *scale_k); validates dtype and range
+            h = self._refine(k, codes)
+            f_hat = h if f_hat is None else f_hat + h
+        return f_hat
+
+    # ------------------------------------------------------------------ deferral
+    @torch.no_grad()
+    def collect_residuals(self, z: torch.Tensor) -> torch.Tensor:
+        """The ``(N, D)`` residual vectors of ``z`` at every scale, ``N = B * sum_k prod(scale_k)``.
+
+        Active: the residuals ``r_k`` of the cascade with the current codebook. Inactive: the residuals an exact
+        quantizer would leave (each ``r_k`` is "quantized" to itself), i.e. a phi-refined Laplacian pyramid of ``z``.
+        We use those rather than the plain pooled latents ``down_k(z)``: after activation the fine scales only see
+        what the coarse scales left over, which is far smaller than ``z`` itself, so k-means on pooled latents would
+        spend the codes at the scale of ``z`` and leave the fine residuals to a handful of near-zero codes.
+        """
+        self._check_input(z)
+        return torch.cat(self._cascade(z.float(), use_codebook=self.active).residuals)
+
+    def activate(
+        self, samples: torch.Tensor, init: str = "kmeans", seed: int = 0, iterations: int | None = None
+    ) -> ActivationReport:
+        """Set the shared codebook from ``(N, D)`` residual samples (see :meth:`collect_residuals`) and turn
+        quantization on: :meth:`VectorQuantizer.activate`, i.e. DDP-safe (every rank must call it), ``init`` in
+        ``("kmeans", "samples")``."""
+        return self.codes.activate(samples, init=init, seed=seed, iterations=iterations)

@@ -1,0 +1,160 @@
+"""MultiScaleResidualQuantizer: shapes, exact reconstruction, straight-through, deferral, state dict, errors."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from medvq.quantizers import ActivationReport, MultiScaleQuantizerOutput, MultiScaleResidualQuantizer
+
+# (spatial_dims, scales) pairs: 2D and 3D, ints and per-axis tuples, from one parameter list
+CASES = [
+    (2, (1, 2, 4)),
+    (2, ((1, 1), (1, 2), (2, 3), (3, 5))),
+    (3, (1, 2, 3)),
+    (3, ((1, 1, 1), (1, 2, 2), (2, 3, 4))),
+]
+
+
+def _last(scales, spatial_dims):
+    s = scales[-1]
+    return (s,) * spatial_dims if isinstance(s, int) else tuple(s)
+
+
+def _make(spatial_dims, scales, **kwargs):
+    kwargs.setdefault("phi_shared", 2)
+    return MultiScaleResidualQuantizer(num_embeddings=16, embedding_dim=3, scales=scales, spatial_dims=spatial_dims,
+                                       **kwargs)
+
+
+@pytest.mark.parametrize("spatial_dims,scales", CASES)
+def test_shapes_and_statistics(spatial_dims, scales):
+    msq = _make(spatial_dims, scales)
+    z = torch.randn(2, 3, *_last(scales, spatial_dims))
+    out = msq(z)
+    assert isinstance(out, MultiScaleQuantizerOutput)
+    assert out.quantized.shape == z.shape
+    assert [tuple(i.shape) for i in out.indices] == [(2, *s) for s in msq.scales]
+    assert all(i.dtype == torch.int64 for i in out.indices)
+    assert out.loss.ndim == 0 and out.perplexity.ndim == 0
+    assert out.per_scale_perplexity.shape == (len(scales),) and out.per_scale_usage.shape == (len(scales),)
+    # scale 0 of a (1, ..., 1) map: 2 tokens hit at most 2 of the 16 codes
+    assert float(out.per_scale_usage[0]) <= 2 / 16
+    assert 1.0 <= float(out.perplexity) <= 16.0
+    # the output is f_hat, which is what the token maps decode to
+    torch.testing.assert_close(out.quantized, msq.indices_to_latent(out.indices))
+    assert [i.equal(j) for i, j in zip(msq.latent_to_indices(z), out.indices)] == [True] * len(scales)
+
+
+@pytest.mark.parametrize("phi_shared", [0, 2])
+@pytest.mark.parametrize("spatial_dims,scales", CASES)
+def test_codebook_of_the_residuals_reconstructs_exactly(spatial_dims, scales, phi_shared):
+    # the exact residuals of z at every scale (what an inactive quantizer collects) become the codebook: each
+    # residual then has a code at distance 0, so the quantized cascade is the exact one and f_hat == z
+    msq = _make(spatial_dims, scales, phi_shared=phi_shared, active=False)
+    z = torch.randn(1, 3, *_last(scales, spatial_dims))
+    residuals = msq.collect_residuals(z)
+    big = MultiScaleResidualQuantizer(num_embeddings=residuals.shape[0], embedding_dim=3, scales=scales,
+                                      spatial_dims=spatial_dims, phi_shared=phi_shared, active=False)
+    big.phis.load_state_dict(msq.phis.state_dict())  # the same phi that produced the residuals
+    big.activate(residuals, init="samples")
+    out = big(z)
+    if phi_shared == 0:
+        torch.testing.assert_close(out.quantized, z, atol=1e-5, rtol=0)
+    # with phi the tokens are still exact, but f_hat is not z: as in VAR, phi also refines the last scale, so even a
+    # perfect codebook leaves r_last - phi(r_last)
+    for idx, r in zip(out.indices, residuals.split([s.numel() for s in out.indices])):
+        assert big.codebook[idx.flatten()].equal(r)  # every token is its own residual, bit for bit
+    # VAR's loss averages the error of every running sum, so only the last-scale term vanishes
+    assert float(out.loss.detach()) > 0
+
+
+@pytest.mark.parametrize("spatial_dims,scales", CASES)
+def test_straight_through_gradients(spatial_dims, scales):
+    msq = _make(spatial_dims, scales)
+    z = torch.randn(2, 3, *_last(scales, spatial_dims), requires_grad=True)
+    out = msq(z)
+    (out.quantized.sum() + out.loss).backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    assert msq.codebook.grad is not None and msq.codebook.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in msq.phis.parameters())
+    # the quantized output alone passes the identity gradient to z
+    z.grad = None
+    msq(z).quantized.sum().backward()
+    torch.testing.assert_close(z.grad, torch.ones_like(z))
+
+
+@pytest.mark.parametrize("spatial_dims,scales", CASES)
+def test_inactive_pass_through(spatial_dims, scales):
+    msq = _make(spatial_dims, scales, active=False)
+    z = torch.randn(2, 3, *_last(scales, spatial_dims), requires_grad=True)
+    out = msq(z)
+    assert out.quantized is z and float(out.loss.detach()) == 0.0
+    assert [tuple(i.shape) for i in out.indices] == [(2, *s) for s in msq.scales]
+    out.loss.backward()  # touches every parameter (DDP), with zero gradients
+    assert msq.codebook.grad is not None and float(msq.codebook.grad.abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("spatial_dims,scales", CASES)
+def test_activate_and_state_dict_round_trip(spatial_dims, scales):
+    msq = _make(spatial_dims, scales, active=False)
+    z = torch.randn(4, 3, *_last(scales, spatial_dims))
+    samples = msq.collect_residuals(z)
+    assert samples.shape == (4 * sum(torch.Size(s).numel() for s in msq.scales), 3)
+    report = msq.activate(samples, init="kmeans", seed=0)
+    assert isinstance(report, ActivationReport) and msq.active and report.usage > 0
+    buffer = io.BytesIO()
+    torch.save(msq.state_dict(), buffer)
+    buffer.seek(0)
+    restored = _make(spatial_dims, scales, active=False)
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    assert restored.active
+    expected, got = msq(z), restored(z)
+    torch.testing.assert_close(got.quantized, expected.quantized)
+    assert all(a.equal(b) for a, b in zip(got.indices, expected.indices))
+    # an active quantizer collects the residuals of its own cascade: as many rows as before
+    assert msq.collect_residuals(z).shape == samples.shape
+
+
+def test_phi_sharing_matches_var():
+    # VAR's PhiPartiallyShared(4) over the 10 default scales: argmin |ticks - si / 9| (ties at 2/9 and 7/9 resolved
+    # by float rounding exactly as in VAR's models/quant.py)
+    msq = MultiScaleResidualQuantizer(num_embeddings=8, embedding_dim=2)
+    assert msq.phi_index == (0, 0, 1, 1, 1, 2, 2, 3, 3, 3)
+    assert msq.scales[-1] == (16, 16) and len(msq.phis) == 4
+    assert len(MultiScaleResidualQuantizer(num_embeddings=8, embedding_dim=2, phi_shared=0).phis) == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"scales": (1, 4, 2)}, "scales must be increasing"),
+        ({"scales": (2, 2)}, "scales must be increasing"),
+        ({"scales": ((1, 2, 3),)}, "scales entries must be ints >= 1 or tuples of 2 ints"),
+        ({"scales": ()}, "scales must be a non-empty sequence"),
+        ({"spatial_dims": 1}, "spatial_dims must be 2 or 3"),
+        ({"phi_shared": -1}, "phi_shared must be an integer >= 0"),
+        ({"phi_residual_ratio": 1.5}, "phi_residual_ratio must be in"),
+        ({"num_embeddings": 0}, "num_embeddings must be an integer >= 1"),
+    ],
+)
+def test_constructor_errors(kwargs, message):
+    args = {"num_embeddings": 8, "embedding_dim": 2, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        MultiScaleResidualQuantizer(**args)
+
+
+def test_forward_and_activate_errors():
+    msq = MultiScaleResidualQuantizer(num_embeddings=4, embedding_dim=2, scales=(1, 2))
+    with pytest.raises(ValueError, match=r"spatial shape \(3, 3\) must equal the last of scales, \(2, 2\)"):
+        msq(torch.randn(1, 2, 3, 3))
+    with pytest.raises(ValueError, match="embedding_dim=2"):
+        msq(torch.randn(1, 5, 2, 2))
+    with pytest.raises(ValueError, match="init must be one of"):
+        msq.activate(torch.randn(8, 2), init="pca")
+    with pytest.raises(ValueError, match="indices must hold one token map per scale"):
+        msq.indices_to_latent([torch.zeros(1, 1, 1, dtype=torch.long)])
+    with pytest.raises(ValueError, match=r"indices\[1\] must have shape \(1, 2, 2\)"):
+        msq.indices_to_latent([torch.zeros(1, 1, 1, dtype=torch.long), torch.zeros(1, 3, 3, dtype=torch.long)])
