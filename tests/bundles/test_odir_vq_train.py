@@ -148,7 +148,7 @@ def test_torchrun_two_gloo_processes_share_the_codebook(tmp_path):
     dump.write_text(json.dumps({"finalize": [
         "$torch.save(@network.module.quantizer.state_dict(), @output_dir + '/codebook_rank' + str(dist.get_rank()) + '.pt')",
         "$@tb_writer.close()",
-        "$dist.destroy_process_group()",
+        "$dist.barrier()",
     ]}))
     configs = [TRAIN, QUICKSTART, str(BUNDLE / "configs" / "multi_gpu_train.json"), str(dump)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
