@@ -21,6 +21,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from medvq.report.plots import plot_code_distances, plot_code_frequencies, plot_codebook_pca
+from medvq.utils.distributed import unwrap_model
 
 __all__ = ["EvaluationReportHandler", "file_sha256"]
 
@@ -102,7 +103,7 @@ class EvaluationReportHandler:
 
     def _write(self, engine: Engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        quantizer = getattr(self.network, "module", self.network).quantizer
+        quantizer = unwrap_model(self.network).quantizer
         codebook = quantizer.codebook.detach().float().cpu()
         counts = getattr(self.coverage, "last_counts", None)
         metrics = {k: _number(v) for k, v in engine.state.metrics.items() if not isinstance(v, Mapping)}

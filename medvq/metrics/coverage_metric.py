@@ -34,13 +34,15 @@ from medvq.metrics.coverage import (
     shrinkage,
 )
 
+from medvq.utils.distributed import unwrap_model
+
 __all__ = ["CodebookCoverage"]
 
 
 def _codebook_source(codebook: Any) -> Any:
     """Unwrap DDP and find the quantizer of a tokenizer; a module without a codebook is an error, not a callable."""
-    if isinstance(codebook, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
-        codebook = codebook.module
+    if isinstance(codebook, torch.nn.Module):
+        codebook = unwrap_model(codebook)
     if isinstance(codebook, torch.nn.Module) and not hasattr(codebook, "codebook"):
         quantizer = getattr(codebook, "quantizer", None)
         if quantizer is None or not hasattr(quantizer, "codebook"):
