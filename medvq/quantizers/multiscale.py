@@ -203,6 +203,11 @@ class MultiScaleResidualQuantizer(nn.Module):
     def num_scales(self) -> int:
         return len(self.scales)
 
+    @property
+    def scale_lengths(self) -> tuple[int, ...]:
+        """Tokens per scale, ``prod(scale_k)``; a generator's sequence is their concatenation, coarse first."""
+        return tuple(int(np.prod(s)) for s in self.scales)
+
     def extra_repr(self) -> str:
         return f"scales={self.scales}, spatial_dims={self.spatial_dims}, phi_index={self.phi_index}"
 
@@ -304,10 +309,58 @@ class MultiScaleResidualQuantizer(nn.Module):
             f_hat = h if f_hat is None else f_hat + h
         return f_hat
 
+    def flatten_indices(self, indices: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Per-scale token maps -> one ``(B, L)`` int64 sequence, ``L = sum(scale_lengths)``, coarse scale first."""
+        if len(indices) != self.num_scales:
+            raise ValueError(f"indices must hold one token map per scale ({self.num_scales}), got {len(indices)}.")
+        return torch.cat([idx.reshape(idx.shape[0], -1) for idx in indices], dim=1)  # (B, *scale_k) -> (B, n_k)
+
+    def unflatten_indices(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """Inverse of :meth:`flatten_indices`: a ``(B, L)`` sequence -> one ``(B, *scale_k)`` map per scale."""
+        total = sum(self.scale_lengths)
+        if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.shape[1] != total:
+            shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            raise ValueError(f"tokens must have shape (B, {total}) (sum of the scale lengths), got {shape}.")
+        parts = tokens.split(list(self.scale_lengths), dim=1)
+        return [p.reshape(tokens.shape[0], *scale) for p, scale in zip(parts, self.scales)]
+
+    def teacher_forcing_input(self, indices: Sequence[torch.Tensor]) -> torch.Tensor:
+        """A next-scale generator's input for every scale after the first, ``(B, L - n_0, D)`` (VAR's
+        ``idxBl_to_var_input``): for k < last, ``f_hat_k = sum_{j<=k} phi_j(up(codebook[indices[j]]))`` pooled
+        (area) to scale ``k + 1`` and flattened. The first scale's input is the generator's condition token."""
+        if len(indices) != self.num_scales:
+            raise ValueError(f"indices must hold one token map per scale ({self.num_scales}), got {len(indices)}.")
+        f_hat, inputs = None, []
+        for k in range(self.num_scales - 1):
+            f_hat, x = self.next_scale_input(k, f_hat, indices[k])
+            inputs.append(x)
+        return torch.cat(inputs, dim=1)
+
+    def next_scale_input(
+        self, k: int, f_hat: torch.Tensor | None, indices: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One sampling step (VAR's ``get_next_autoregressive_input``): add scale ``k``'s codes to ``f_hat``.
+
+        Args:
+            k: the scale of ``indices``.
+            f_hat: running sum ``(B, D, *scales[-1])``; None before the first scale.
+            indices: ``(B, *scale_k)`` token map of scale ``k``.
+
+        Returns:
+            the new ``f_hat``, and the input of scale ``k + 1``, ``(B, n_{k+1}, D)`` (at the last scale: ``f_hat``
+            flattened, which no generator consumes).
+        """
+        codes = self.codes.lookup(indices)  # (B, D, *scale_k)
+        h = self._refine(k, codes)
+        f_hat = h if f_hat is None else f_hat + h
+        nxt = f_hat if k == self.num_scales - 1 else F.interpolate(f_hat, size=self.scales[k + 1], mode="area")
+        return f_hat, nxt.flatten(2).transpose(1, 2)  # (B, D, *scale) -> (B, n, D)
+
     # ------------------------------------------------------------------ deferral
     @torch.no_grad()
     def collect_residuals(self, z: torch.Tensor) -> torch.Tensor:
-        """The ``(N, D)`` residual vectors of ``z`` at every scale, ``N = B * sum_k prod(scale_k)``.
+        """The ``(N, D)`` residual vectors of ``z`` at every scale, ``N = B * sum_k prod(scale_k)``, image by image
+        (row ``b * L + t`` is token ``t`` of image ``b`` in :meth:`flatten_indices` order).
 
         Active: the residuals ``r_k`` of the cascade with the current codebook. Inactive: the residuals an exact
         quantizer would leave (each ``r_k`` is "quantized" to itself), i.e. a phi-refined Laplacian pyramid of ``z``.
@@ -316,7 +369,10 @@ class MultiScaleResidualQuantizer(nn.Module):
         spend the codes at the scale of ``z`` and leave the fine residuals to a handful of near-zero codes.
         """
         self._check_input(z)
-        return torch.cat(self._cascade(z.float(), use_codebook=self.active).residuals)
+        residuals = self._cascade(z.float(), use_codebook=self.active).residuals  # (B * n_k, D) each
+        batch = z.shape[0]
+        # batch-major (image by image, coarse to fine within an image), so callers can subsample per image
+        return torch.cat([r.view(batch, -1, self.embedding_dim) for r in residuals], dim=1).view(-1, self.embedding_dim)
 
     def activate(
         self, samples: torch.Tensor, init: str = "kmeans", seed: int = 0, iterations: int | None = None

@@ -158,3 +158,44 @@ def test_forward_and_activate_errors():
         msq.indices_to_latent([torch.zeros(1, 1, 1, dtype=torch.long)])
     with pytest.raises(ValueError, match=r"indices\[1\] must have shape \(1, 2, 2\)"):
         msq.indices_to_latent([torch.zeros(1, 1, 1, dtype=torch.long), torch.zeros(1, 3, 3, dtype=torch.long)])
+
+
+@pytest.mark.parametrize("spatial_dims,scales", CASES)
+def test_token_sequence_and_teacher_forcing_input(spatial_dims, scales):
+    msq = _make(spatial_dims, scales)
+    z = torch.randn(2, 3, *_last(scales, spatial_dims))
+    indices = msq.latent_to_indices(z)
+    tokens = msq.flatten_indices(indices)
+    assert tokens.shape == (2, sum(msq.scale_lengths))
+    assert all(a.equal(b) for a, b in zip(msq.unflatten_indices(tokens), indices))
+    # the teacher-forcing input of scale k+1 is the running sum after scale k, area-pooled to scale k+1 (VAR)
+    x = msq.teacher_forcing_input(indices)
+    assert x.shape == (2, sum(msq.scale_lengths[1:]), 3)
+    f_hat, steps = None, []
+    for k in range(msq.num_scales):
+        f_hat, nxt = msq.next_scale_input(k, f_hat, indices[k])
+        steps.append(nxt)
+    torch.testing.assert_close(torch.cat(steps[:-1], dim=1), x)
+    torch.testing.assert_close(f_hat, msq.indices_to_latent(indices))  # the last step completes f_hat
+    # by hand, scale 1's input: phi_0(up(codes of scale 0)) pooled to scale 1
+    up = torch.nn.functional.interpolate(msq.codes.lookup(indices[0]), size=msq.scales[-1],
+                                         mode="bicubic" if spatial_dims == 2 else "trilinear")
+    first = torch.nn.functional.adaptive_avg_pool2d(msq.phis[msq.phi_index[0]](up), msq.scales[1]) \
+        if spatial_dims == 2 else torch.nn.functional.adaptive_avg_pool3d(msq.phis[msq.phi_index[0]](up), msq.scales[1])
+    torch.testing.assert_close(x[:, : msq.scale_lengths[1]], first.flatten(2).transpose(1, 2))
+
+
+def test_collect_residuals_is_image_major():
+    msq = _make(2, (1, 2, 4), active=False)
+    z = torch.randn(3, 3, 4, 4)
+    all_rows = msq.collect_residuals(z).view(3, -1, 3)  # (B, L, D)
+    for b in range(3):
+        torch.testing.assert_close(all_rows[b], msq.collect_residuals(z[b: b + 1]))
+
+
+def test_token_sequence_errors():
+    msq = _make(2, (1, 2, 4))
+    with pytest.raises(ValueError, match=r"tokens must have shape \(B, 21\)"):
+        msq.unflatten_indices(torch.zeros(2, 20, dtype=torch.long))
+    with pytest.raises(ValueError, match="one token map per scale"):
+        msq.teacher_forcing_input([torch.zeros(1, 1, 1, dtype=torch.long)])
