@@ -27,8 +27,8 @@ class TokenizerEvalKeys(StrEnum):
 
     IMAGE = "image"  # (B, C, *spatial) input in [-1, 1]
     PRED = "pred"  # (B, C, *spatial) reconstruction, clamped to [-1, 1]
-    INDICES = "indices"  # (B, *tokens) int64
-    LATENTS = "latents"  # (B, D, *tokens) continuous encoder latents
+    INDICES = "indices"  # (B, *tokens) int64; multi-scale: (B, L) token sequence, coarse scale first
+    LATENTS = "latents"  # (B, D, *tokens) continuous encoder latents; multi-scale: (B * L, D) matched residuals
 
 
 class TokenizerEvaluator(Evaluator):
@@ -88,9 +88,17 @@ class TokenizerEvaluator(Evaluator):
                 output = tokenizer.forward_with_output(images)
         finally:
             tokenizer.train(was_training)
+        indices, latents = output.quantizer.indices, output.latents.float()
+        if isinstance(indices, (list, tuple)):
+            # multi-scale quantizer: one (B, L) token sequence, and the residual each token was matched against
+            # (coverage and shrinkage then compare the codebook with what it quantizes, as for one scale)
+            quantizer = tokenizer.quantizer
+            with torch.no_grad():
+                latents = quantizer.collect_residuals(latents)  # (B * L, D), image by image
+            indices = quantizer.flatten_indices(indices)  # (B, L)
         return {
             TokenizerEvalKeys.IMAGE: images.float(),
             TokenizerEvalKeys.PRED: output.reconstruction.float().clamp(-1.0, 1.0),
-            TokenizerEvalKeys.INDICES: output.quantizer.indices,
-            TokenizerEvalKeys.LATENTS: output.latents.float(),
+            TokenizerEvalKeys.INDICES: indices,
+            TokenizerEvalKeys.LATENTS: latents,
         }

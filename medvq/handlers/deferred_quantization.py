@@ -2,7 +2,8 @@
 
 At ``start`` (iterations or epochs) it runs the current encoder over the training data, collects ``num_samples``
 latent vectors, and calls ``quantizer.activate(samples, init=...)``: the codebook is born from the mature encoder's
-latents (k-means) and quantization starts ("Early Quantization Shrinks Codebook", arXiv 2603.17052). With
+latents (k-means) and quantization starts. A multi-scale quantizer (one with ``collect_residuals``) gets its exact
+residual pyramid of those latents instead, the vectors its codes will quantize ("Early Quantization Shrinks Codebook", arXiv 2603.17052). With
 ``start=0`` it fires before the first iteration, on the untrained encoder: the ``kmeans_at_start`` baseline.
 
 It fires exactly once. Whether it has fired is the quantizer's ``active`` flag, which lives in the network's state
@@ -132,7 +133,12 @@ class DeferredQuantizationHandler:
                 images = batch[self.image_key] if isinstance(batch, dict) else batch[0]
                 images = images.as_tensor() if hasattr(images, "as_tensor") else images
                 latents = tokenizer.encode(images.to(device).float())  # (B, D, *spatial)
-                flat = latents.movedim(1, -1).reshape(latents.shape[0], -1, latents.shape[1])  # (B, T, D)
+                if hasattr(tokenizer.quantizer, "collect_residuals"):
+                    # multi-scale quantizer: its codes quantize the residual pyramid, not the latents themselves
+                    flat = tokenizer.quantizer.collect_residuals(latents)  # (B * T, D), image by image
+                    flat = flat.view(latents.shape[0], -1, latents.shape[1])  # (B, T = sum_k n_k, D)
+                else:
+                    flat = latents.movedim(1, -1).reshape(latents.shape[0], -1, latents.shape[1])  # (B, T, D)
                 if num_images:
                     keep = min(flat.shape[1], max(1, math.ceil(2 * per_rank / num_images)))
                     pick = torch.rand(flat.shape[:2], generator=generator).argsort(dim=1)[:, :keep]  # (B, keep)

@@ -4,3 +4,6 @@ from medvq.networks.vqgan import TokenizerOutput, VQGANTokenizer
 from medvq.networks.vqgan_presets import PRESETS, vqgan_f8, vqgan_f16, vqgan_tiny
 
 __all__ = ["PRESETS", "TokenizerOutput", "VQGANTokenizer", "vqgan_f8", "vqgan_f16", "vqgan_tiny"]
+from medvq.networks.msvqgan import MultiScaleVQGANTokenizer, msvqgan_f16, msvqgan_tiny
+
+__all__ += ["MultiScaleVQGANTokenizer", "msvqgan_f16", "msvqgan_tiny"]
