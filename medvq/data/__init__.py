@@ -22,8 +22,10 @@ from medvq.data.odir import (
 )
 from medvq.data.sources import tokenizer_datalists
 from medvq.data.synthetic import make_fundus_dataset
+from medvq.data.tokens import tokenize_datalist
 
 __all__ = [
+    "tokenize_datalist",
     "CLASSES",
     "CLASS_NAMES",
     "UNUSABLE_KEYWORDS",

@@ -2,7 +2,10 @@
 
 from medvq.handlers.checkpoint import CheckpointHandler, ResumeFromCheckpoint, latest_checkpoint
 from medvq.handlers.deferred_quantization import DeferredQuantizationHandler
+from medvq.handlers.generation_report import GenerationReportHandler
+from medvq.handlers.gradient_clip import GradientClipHandler
 from medvq.handlers.evaluation_report import EvaluationReportHandler, file_sha256
+from medvq.handlers.sample_grid import SampleGridHandler
 from medvq.handlers.monitoring import CodeFrequencyHandler, ProgressBarHandler, ReconstructionGridHandler, make_grid
 
 __all__ = [
@@ -10,9 +13,12 @@ __all__ = [
     "CodeFrequencyHandler",
     "DeferredQuantizationHandler",
     "EvaluationReportHandler",
+    "GenerationReportHandler",
+    "GradientClipHandler",
     "ProgressBarHandler",
     "ReconstructionGridHandler",
     "ResumeFromCheckpoint",
+    "SampleGridHandler",
     "file_sha256",
     "latest_checkpoint",
     "make_grid",

@@ -40,6 +40,8 @@ _FIDELITY_NAMES = (
     "FID",
     "ImageFidelity",
     "LPIPSStatus",
+    "ScaleCoverage",
+    "TokenAccuracy",
     "MS_SSIM_WEIGHTS",
     "image_fidelity",
     "lpips_status",
@@ -85,6 +87,14 @@ def __getattr__(name: str) -> Any:
         from medvq.metrics.coverage_metric import CodebookCoverage
 
         return CodebookCoverage
+    if name == "ScaleCoverage":
+        from medvq.metrics.scale_coverage import ScaleCoverage
+
+        return ScaleCoverage
+    if name == "TokenAccuracy":
+        from medvq.metrics.token_accuracy import TokenAccuracy
+
+        return TokenAccuracy
     if name in _FIDELITY_NAMES:
         from medvq.metrics import fidelity
 

@@ -7,3 +7,9 @@ __all__ = ["PRESETS", "TokenizerOutput", "VQGANTokenizer", "vqgan_f8", "vqgan_f1
 from medvq.networks.msvqgan import MultiScaleVQGANTokenizer, msvqgan_f16, msvqgan_tiny
 
 __all__ += ["MultiScaleVQGANTokenizer", "msvqgan_f16", "msvqgan_tiny"]
+from medvq.networks.var import VARTransformer
+from medvq.networks.var_presets import VAR_PRESETS, VAR_SCALE_LENGTHS, var_d16, var_tiny
+from medvq.networks.var_sampling import filter_logits, sample_var
+
+__all__ += ["VAR_PRESETS", "VAR_SCALE_LENGTHS", "VARTransformer", "filter_logits", "sample_var", "var_d16",
+            "var_tiny"]

@@ -73,6 +73,7 @@ class MultiScaleVQGANTokenizer(VQGANTokenizer):
         commitment_cost: float = 0.25,
         phi_shared: int = 4,
         phi_residual_ratio: float = 0.5,
+        commitment: str = "all",
         quantize: bool = True,
         use_checkpointing: bool = False,
         use_flash_attention: bool = False,
@@ -103,6 +104,7 @@ class MultiScaleVQGANTokenizer(VQGANTokenizer):
             commitment_cost=commitment_cost,
             phi_shared=phi_shared,
             phi_residual_ratio=phi_residual_ratio,
+            commitment=commitment,
             active=quantize,
         )
 
@@ -147,6 +149,7 @@ def msvqgan_f16(
     quantize: bool = True,
     commitment_cost: float = 0.25,
     phi_shared: int = 4,
+    commitment: str = "all",
     use_checkpointing: bool = False,
     use_flash_attention: bool = False,
 ) -> MultiScaleVQGANTokenizer:
@@ -156,7 +159,7 @@ def msvqgan_f16(
     return MultiScaleVQGANTokenizer(
         spatial_dims=spatial_dims, in_channels=in_channels, channels=(160, 160, 320, 320, 640), num_res_blocks=2,
         norm_num_groups=32, z_channels=32, embedding_dim=embedding_dim, num_embeddings=num_embeddings, scales=scales,
-        commitment_cost=commitment_cost, phi_shared=phi_shared, quantize=quantize, use_checkpointing=use_checkpointing,
+        commitment_cost=commitment_cost, phi_shared=phi_shared, commitment=commitment, quantize=quantize, use_checkpointing=use_checkpointing,
         use_flash_attention=use_flash_attention,
     )
 
@@ -171,6 +174,7 @@ def msvqgan_tiny(
     quantize: bool = True,
     commitment_cost: float = 0.25,
     phi_shared: int = 2,
+    commitment: str = "all",
     use_checkpointing: bool = False,
     use_flash_attention: bool = False,
 ) -> MultiScaleVQGANTokenizer:
@@ -179,6 +183,6 @@ def msvqgan_tiny(
     return MultiScaleVQGANTokenizer(
         spatial_dims=spatial_dims, in_channels=in_channels, channels=(16, 32, 32), num_res_blocks=1,
         norm_num_groups=8, z_channels=32, embedding_dim=embedding_dim, num_embeddings=num_embeddings, scales=scales,
-        commitment_cost=commitment_cost, phi_shared=phi_shared, quantize=quantize, use_checkpointing=use_checkpointing,
+        commitment_cost=commitment_cost, phi_shared=phi_shared, commitment=commitment, quantize=quantize, use_checkpointing=use_checkpointing,
         use_flash_attention=use_flash_attention,
     )

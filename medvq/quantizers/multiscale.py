@@ -154,12 +154,16 @@ class MultiScaleResidualQuantizer(nn.Module):
         active: bool = True,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         kmeans_iterations: int = 20,
+        commitment: str = "all",
     ) -> None:
         super().__init__()
         if spatial_dims not in _UP_MODES:
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}.")
         if isinstance(phi_shared, bool) or not isinstance(phi_shared, int) or phi_shared < 0:
             raise ValueError(f"phi_shared must be an integer >= 0 (0 disables phi), got {phi_shared!r}.")
+        if commitment not in ("all", "final"):
+            raise ValueError(f"commitment must be 'all' (VAR) or 'final', got {commitment!r}.")
+        self.commitment = commitment
         if not 0.0 <= phi_residual_ratio <= 1.0:
             raise ValueError(f"phi_residual_ratio must be in [0, 1], got {phi_residual_ratio!r}.")
         self.scales = _normalize_scales(scales, spatial_dims)
@@ -281,8 +285,12 @@ class MultiScaleResidualQuantizer(nn.Module):
             # VAR's loss on every running sum: codebook + phi learn from the first term, the encoder from the second
             loss = z32.new_zeros(())
             for f_hat in cascade.partial_sums:
-                loss = loss + F.mse_loss(f_hat, z32.detach()) + self.commitment_cost * F.mse_loss(f_hat.detach(), z32)
+                loss = loss + F.mse_loss(f_hat, z32.detach())
+                if self.commitment == "all":
+                    loss = loss + self.commitment_cost * F.mse_loss(f_hat.detach(), z32)
             loss = loss / self.num_scales
+            if self.commitment == "final":
+                loss = loss + self.commitment_cost * F.mse_loss(cascade.partial_sums[-1].detach(), z32)
             f_hat = cascade.partial_sums[-1]
             # straight-through: the value of f_hat, the gradient of the identity to z
             quantized = z32 + (f_hat - z32).detach()
