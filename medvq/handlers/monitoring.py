@@ -172,5 +172,5 @@ class ProgressBarHandler:
 
         keys = self.output_keys
         ProgressBar(persist=self.persist).attach(
-            engine, output_transform=lambda out: {k: float(out[k]) for k in keys if k in out}
+            engine, output_transform=lambda out: {k: float(out[k].detach() if torch.is_tensor(out[k]) else out[k]) for k in keys if k in out}
         )

@@ -8,6 +8,8 @@ read, with messages that name the path and the bundle override that fixes it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import json
 import logging
 import os
@@ -34,8 +36,9 @@ def _shorten(text: str, limit: int = 600) -> str:
 
 
 def inference_datalist(
-    input_dir: str | os.PathLike = "", input_datalist: str | os.PathLike = "", key: str = "validation"
-) -> list[dict[str, str]]:
+    input_dir: str | os.PathLike = "", input_datalist: str | os.PathLike = "", key: str = "validation",
+    keep_keys: Sequence[str] = (),
+) -> list[dict[str, Any]]:
     """Datalist items ``{"image": absolute path}`` for inference, from a folder OR a datalist JSON (exactly one).
 
     Args:
@@ -44,13 +47,16 @@ def inference_datalist(
         input_datalist: MONAI (Decathlon-style) datalist JSON, e.g. a training run's ``output_dir/datalist.json``;
             relative image paths are joined to the JSON's folder; default ``""`` (not used).
         key: list of ``input_datalist`` to read (``"training"``, ``"validation"``, ...); default ``"validation"``.
+        keep_keys: datalist fields kept besides ``"image"`` (e.g. ``("label",)`` to generate with the real labels);
+            every item must have them. Default none.
 
     Returns:
-        Items holding only ``"image"`` (labels and other keys of a datalist are dropped: inference needs none, and
+        Items holding ``"image"`` and ``keep_keys`` (other keys of a datalist are dropped: inference needs none, and
         items with and without labels could not be batched together).
 
     Raises:
-        ValueError: neither or both inputs given, ``key`` missing from the JSON, or an empty list.
+        ValueError: neither or both inputs given, ``key`` missing from the JSON, an empty list, ``keep_keys`` with
+            ``input_dir``, or an item without one of ``keep_keys``.
         FileNotFoundError: ``input_dir`` / ``input_datalist`` does not exist (the message names the path).
     """
     if bool(input_dir) == bool(input_datalist):
@@ -59,6 +65,8 @@ def inference_datalist(
             f"got input_dir={str(input_dir)!r} and input_datalist={str(input_datalist)!r}."
         )
     if input_dir:
+        if keep_keys:
+            raise ValueError(f"keep_keys {list(keep_keys)} needs an input_datalist: a folder of images has no fields.")
         return build_folder_datalist(input_dir, extensions=PIL_EXTENSIONS)
     path = Path(input_datalist).expanduser().absolute()
     if not path.is_file():
@@ -71,11 +79,17 @@ def inference_datalist(
     items = load_decathlon_datalist(str(path), is_segmentation=False, data_list_key=key)
     if not items:
         raise ValueError(f"the '{key}' list of input_datalist '{path}' is empty; choose another --input_datalist_key.")
-    return [{"image": str(item["image"])} for item in items]
+    for i, item in enumerate(items):
+        missing = [k for k in keep_keys if k not in item]
+        if missing:
+            raise ValueError(f"item {i} ({item.get('image')}) of list '{key}' in '{path}' has no {missing}: every item "
+                             "must have the fields the run needs (e.g. 'label' to generate with the real labels).")
+    return [{"image": str(item["image"]), **{k: item[k] for k in keep_keys}} for item in items]
 
 
 def load_tokenizer_checkpoint(
-    network: nn.Module, checkpoint: str | os.PathLike, map_location: Any = None, strict: bool = True
+    network: nn.Module, checkpoint: str | os.PathLike, map_location: Any = None, strict: bool = True,
+    what: str = "tokenizer", argument: str = "--checkpoint",
 ) -> nn.Module:
     """Load trained weights into ``network`` (in place) and put it in eval mode.
 
@@ -90,6 +104,9 @@ def load_tokenizer_checkpoint(
         checkpoint: path of the ``.pt`` file.
         map_location: ``torch.load``'s ``map_location`` (e.g. the inference device); default None.
         strict: ``load_state_dict``'s ``strict``; default True (a mismatch means another config built the network).
+        what: the network's role in messages and logs (``"tokenizer"``, ``"generator"``). Default ``"tokenizer"``.
+        argument: the bundle override that sets the path, named in the not-found message. Default
+            ``"--checkpoint"``.
 
     Returns:
         ``network``, loaded and in eval mode.
@@ -102,8 +119,9 @@ def load_tokenizer_checkpoint(
     path = Path(checkpoint).expanduser() if checkpoint else None
     if path is None or not path.is_file():
         raise FileNotFoundError(
-            f"tokenizer checkpoint not found: '{path or checkpoint}'. Train first (training writes "
-            "<output_dir>/checkpoints/model_final.pt) or pass --checkpoint <model_final.pt or checkpoint_<N>.pt>."
+            f"{what} checkpoint not found: '{path or checkpoint}'. Train first (training writes "
+            f"checkpoints/model_final.pt in its output folder) or pass {argument} <model_final.pt or "
+            "checkpoint_<N>.pt>."
         )
     state = torch.load(path, map_location=map_location, weights_only=True)
     if isinstance(state, dict) and isinstance(state.get("network"), dict):
@@ -125,5 +143,5 @@ def load_tokenizer_checkpoint(
             "checkpoint '%s' was saved before quantization started (quantizer inactive): reconstructions decode "
             "continuous latents and token maps index an untrained codebook.", path,
         )
-    logger.info("loaded tokenizer weights from %s", path)
+    logger.info("loaded %s weights from %s", what, path)
     return network.eval()

@@ -1,0 +1,233 @@
+"""The odir_var bundle end to end on CPU, in-process through monai.bundle.ConfigWorkflow: stage 1 (multi-scale
+tokenizer with the deferred switch), stage 2 (VAR generator), sample.json, evaluate.json; plus one real torchrun run of
+stage 2.
+
+One module-scoped run trains both stages on generated fundus images with the quickstart overlay and tiny overrides
+(32 px images, an 8x8 latent, scales 1, 2, 4, 8); the tests then read what the run left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "bundles" / "odir_var" / "configs"
+STAGE1, STAGE2 = str(CONFIGS / "train_tokenizer.json"), str(CONFIGS / "train.json")
+SAMPLE, EVALUATE = str(CONFIGS / "sample.json"), str(CONFIGS / "evaluate.json")
+QUICKSTART = str(ROOT / "configs" / "quickstart.json")
+SCHEMA = Path(__file__).with_name("meta_schema.json")
+PNG = b"\x89PNG\r\n\x1a\n"
+# tiny sizes: 32 px images -> 8x8 latent (msvqgan_tiny, factor 4) -> 4 scales, 1 + 4 + 16 + 64 = 85 tokens
+TINY = {"image_size": 32, "scales": [1, 2, 4, 8], "num_embeddings": 32, "embedding_dim": 4, "synthetic_images": 24,
+        "synthetic_size": 48, "num_workers": 0, "batch_size": 4, "checkpoint_every": 100, "discriminator_start": 1000}
+STAGE1_RUN = {"num_epochs": 2, "quantize_start": 1, "quantize_num_samples": 512}
+STAGE2_RUN = {"generator_epochs": 2, "generator_batch_size": 4, "sample_interval": 1, "generator_warmup_iterations": 2}
+
+
+def _run(configs, run_id, **overrides):
+    workflow = ConfigWorkflow(config_file=configs, workflow_type=None, run_id=run_id,
+                              meta_file=str(CONFIGS / "metadata.json"), logging_file=False, **overrides)
+    workflow.initialize()
+    workflow.run()
+    return workflow
+
+
+def _scalar_tags(event_dir: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags: set[str] = set()
+    for path in event_dir.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(path), size_guidance={"scalars": 0, "images": 0})
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"]) | set(acc.Tags()["images"])
+    return tags
+
+
+class _TinyExtractor(torch.nn.Module):
+    """A small TorchScript feature extractor standing in for Inception offline (images in [-1, 1] -> (B, 8))."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x)).mean(dim=(2, 3))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("odir_var")
+    stage1 = _run([STAGE1, QUICKSTART], "training", output_dir=str(out), **TINY, **STAGE1_RUN)
+    assert stage1.check_properties() in (None, [])
+    stage1.finalize()
+    stage2 = _run([STAGE1, STAGE2, QUICKSTART], "training", output_dir=str(out), **TINY, **STAGE2_RUN)
+    trainer = stage2.parser.get_parsed_content("train#trainer")
+    metrics, epochs = dict(trainer.state.metrics), trainer.state.epoch
+    stage2.finalize()
+    return out, metrics, epochs
+
+
+def test_metadata_is_valid_offline():
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))
+
+
+def test_stage1_trains_the_multiscale_tokenizer_with_the_deferred_switch(trained):
+    out, _, _ = trained
+    state = torch.load(out / "tokenizer" / "checkpoints" / "model_final.pt", weights_only=True)
+    assert state["quantizer.codes._extra_state"] == {"active": True}  # the switch fired
+    assert state["quantizer.codes.weight"].shape == (32, 4)
+    info = json.loads((out / "tokenizer" / "run_info.json").read_text())
+    assert info["scales"] == [1, 2, 4, 8] and info["tokenizer_preset"] == "msvqgan_tiny"
+    tags = _scalar_tags(out / "tokenizer" / "tensorboard")
+    for tag in ("vq_loss", "val_usage", "val_perplexity", "val_tokens_perplexity_s0", "val_tokens_usage_s3",
+                "val_reconstructions"):
+        assert any(t.endswith(tag) for t in tags), tag
+
+
+def test_stage2_trains_the_generator_with_per_scale_accuracy_and_sample_grids(trained):
+    out, metrics, epochs = trained
+    assert epochs == 2
+    assert 0 <= metrics["token_acc"] <= 1
+    assert {f"token_acc_s{k}" for k in range(4)} <= set(metrics)
+    assert (out / "generator" / "checkpoints" / "model_final.pt").is_file()
+    grids = sorted((out / "generator" / "images").glob("samples_epoch*.png"))
+    assert [g.name for g in grids] == ["samples_epoch0001.png", "samples_epoch0002.png"]
+    assert Image.open(grids[-1]).size == (4 * 32, 8 * 32)  # 4 samples x 8 conditions
+    tags = _scalar_tags(out / "generator" / "tensorboard")
+    for tag in ("loss", "grad_norm", "token_acc", "token_acc_s0", "samples"):
+        assert any(t.endswith(tag) for t in tags), tag
+    info = json.loads((out / "generator" / "run_info.json").read_text())
+    assert info["stage"] == "generator" and info["precompute_tokens"] is True
+
+
+def test_sample_writes_pngs_with_provenance_sidecars(trained):
+    out, _, _ = trained
+    samples = out / "generator" / "samples"
+    _run([STAGE1, STAGE2, QUICKSTART, SAMPLE], "sample", output_dir=str(out), **TINY,
+         sample_conditions=["G", "D+H", "null"], samples_per_condition=3, sample_batch_size=2).finalize()
+    for name in ("G", "D+H", "null"):
+        pngs = sorted((samples / name).glob("*.png"))
+        assert len(pngs) == 3
+        for png in pngs:
+            assert png.read_bytes()[:8] == PNG
+            image = Image.open(png)
+            assert image.size == (32, 32) and image.text["synthetic"] == "true"
+            record = json.loads(png.with_suffix(".json").read_text())
+            assert record["synthetic"] is True and "must not be used for diagnosis" in record["notice"]
+            assert record["condition"]["name"] == name
+            assert len(record["tokens"]) == 85
+            for stage in ("tokenizer", "generator"):
+                assert len(record["checkpoints"][stage]["sha256"]) == 64
+    d_h = json.loads((samples / "D+H" / "D+H_0000.json").read_text())
+    assert d_h["condition"]["labels"] == ["D", "H"] and d_h["condition"]["vector"] == [0, 1, 0, 0, 0, 1, 0, 0]
+    assert json.loads((samples / "null" / "null_0000.json").read_text())["condition"]["vector"] is None
+    assert d_h["guidance"] == 2.5 and d_h["top_k"] == 900 and d_h["top_p"] == 0.96
+    # batches of 2: images 0-1 share a batch seed, image 2 has its own
+    seeds = [json.loads((samples / "G" / f"G_000{i}.json").read_text())["batch_seed"] for i in range(3)]
+    assert seeds[0] == seeds[1] != seeds[2]
+    assert len(json.loads((samples / "samples.json").read_text())["records"]) == 9
+    assert (samples / "grid.png").read_bytes()[:8] == PNG
+    # the written tokens decode to the written image (up to PNG rounding): the sidecar really describes the file
+    from medvq.networks import msvqgan_tiny
+
+    tokenizer = msvqgan_tiny(num_embeddings=32, embedding_dim=4, scales=(1, 2, 4, 8), phi_shared=4)
+    tokenizer.load_state_dict(torch.load(out / "tokenizer" / "checkpoints" / "model_final.pt", weights_only=True))
+    tokenizer.eval()
+    with torch.no_grad():
+        image = tokenizer.decode_indices(torch.tensor([d_h["tokens"]])).clamp(-1, 1)[0]
+    written = torch.tensor(__import__("numpy").array(Image.open(samples / "D+H" / "D+H_0000.png"))).float()
+    torch.testing.assert_close((image.permute(1, 2, 0) + 1) * 127.5, written, atol=0.51, rtol=0)
+
+
+def test_sample_rejects_an_unknown_condition(trained):
+    out, _, _ = trained
+    with pytest.raises(Exception) as info:
+        _run([STAGE1, STAGE2, QUICKSTART, SAMPLE], "sample", output_dir=str(out), **TINY, sample_conditions=["X"])
+    cause = info.value
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    assert isinstance(cause, ValueError) and "'X'" in str(cause) and "classes are" in str(cause)
+
+
+def test_evaluate_reports_gfid_and_per_scale_token_coverage(trained, tmp_path):
+    out, _, _ = trained
+    extractor = tmp_path / "tiny_extractor.pt"
+    torch.manual_seed(0)
+    torch.jit.script(_TinyExtractor()).save(str(extractor))
+    _run([STAGE1, STAGE2, QUICKSTART, EVALUATE], "evaluate", output_dir=str(out), **TINY,
+         fid_extractor_path=str(extractor), fid_extractor_kind="generic", eval_repeats=2).finalize()
+    report = json.loads((out / "generator" / "eval" / "metrics.json").read_text())
+    validation = json.loads((out / "datalist.json").read_text())["validation"]
+    assert report["num_images"] == 2 * len(validation) > 0
+    metrics = report["metrics"]
+    assert isinstance(metrics["g_fid"], float) and metrics["g_fid"] >= 0
+    for prefix in ("gen_", "real_"):
+        assert 1 <= metrics[prefix + "perplexity"] <= 32
+        for k in range(4):
+            assert 0 < metrics[f"{prefix}usage_s{k}"] <= 1
+    # scale 0 has one token per image: at most as many codes as images
+    assert metrics["gen_usage_s0"] <= report["num_images"] / 32
+    assert metrics["gen_codebook_code_distance_used"] > 0
+    for stage in ("tokenizer", "generator"):
+        assert len(report["checkpoints"][stage]["sha256"]) == 64
+    for name in ("token_frequencies.png", "real_vs_generated.png"):
+        assert (out / "generator" / "eval" / name).read_bytes()[:8] == PNG
+    counts = torch.load(out / "generator" / "eval" / "token_counts.pt", weights_only=True)
+    assert counts["generated"].shape == (4, 32) and int(counts["generated"][0].sum()) == report["num_images"]
+
+
+def test_stage2_on_the_fly_tokenization_matches_the_precomputed_tokens(trained):
+    # the two prepare-batch paths feed the generator the same tokens for the same (unaugmented) images
+    out, _, _ = trained
+    workflow = ConfigWorkflow(config_file=[STAGE1, STAGE2, QUICKSTART], workflow_type=None, run_id="training",
+                              meta_file=str(CONFIGS / "metadata.json"), logging_file=False, output_dir=str(out),
+                              **TINY, **STAGE2_RUN)
+    workflow.initialize()
+    prepare = workflow.parser.get_parsed_content("train#prepare_batch")
+    items = workflow.parser.get_parsed_content("train#token_dataset")[:4]
+    images = workflow.parser.get_parsed_content("validate#preprocessing")
+    batch = torch.stack([images({"image": item["image"]})["image"].as_tensor() for item in items])
+    condition = torch.stack([item["label"] for item in items])
+    x_img, tokens_img, (cond_img,), _ = prepare({"image": batch, "label": condition})
+    x_tok, tokens_tok, _, _ = prepare({"tokens": torch.stack([item["tokens"] for item in items]), "label": condition})
+    assert torch.equal(tokens_img, tokens_tok) and torch.equal(cond_img, condition)
+    torch.testing.assert_close(x_img, x_tok)
+    assert x_tok.shape == (4, 85 - 1, 4)
+
+
+def test_missing_tokenizer_checkpoint_names_the_override(tmp_path):
+    with pytest.raises(Exception) as info:
+        _run([STAGE1, STAGE2, QUICKSTART], "training", output_dir=str(tmp_path), **TINY, **STAGE2_RUN)
+    cause = info.value
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    assert isinstance(cause, FileNotFoundError) and "--tokenizer_checkpoint" in str(cause)
+
+
+def test_torchrun_two_gloo_processes_train_the_generator(trained, tmp_path):
+    out, _, _ = trained
+    run = tmp_path / "ddp"
+    configs = [STAGE1, STAGE2, QUICKSTART, str(CONFIGS / "multi_gpu_train.json")]
+    overrides = []
+    for key, value in {**TINY, **STAGE2_RUN, "generator_epochs": 1}.items():
+        overrides += [f"--{key}", json.dumps(value) if isinstance(value, list) else str(value)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
+           "run", "training", "--config_file", str(configs), "--output_dir", str(run),
+           "--tokenizer_checkpoint", str(out / "tokenizer" / "checkpoints" / "model_final.pt"),
+           "--meta_file", str(CONFIGS / "metadata.json"), "--logging_file", str(CONFIGS / "logging.conf"), *overrides]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (run / "generator" / "checkpoints" / "model_final.pt").is_file()  # rank 0 saved
+    assert json.loads((run / "generator" / "run_info.json").read_text())["world_size"] == 2
