@@ -1,0 +1,74 @@
+"""Named conditions, batch seeds, the sample writer (PNG + provenance sidecar) and the metrics of generated tokens."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medvq.generation import SYNTHETIC_NOTICE, batch_seed, condition_vectors, write_samples
+from medvq.metrics import ScaleCoverage
+from medvq.networks import msvqgan_tiny, var_tiny
+
+
+def test_condition_vectors():
+    vectors = condition_vectors(["G", "D+H", "null"], ["N", "D", "G", "H"])
+    assert vectors["G"].tolist() == [0, 0, 1, 0] and vectors["D+H"].tolist() == [0, 1, 0, 1]
+    assert vectors["null"] is None and list(vectors) == ["G", "D+H", "null"]
+    with pytest.raises(ValueError, match=r"'X' \(in 'D\+X'\) is not a class; classes are \['N', 'D'\]"):
+        condition_vectors(["D+X"], ["N", "D"])
+    with pytest.raises(ValueError, match="repeated"):
+        condition_vectors(["N", "N"], ["N"])
+    with pytest.raises(ValueError, match="empty"):
+        condition_vectors([], ["N"])
+
+
+def test_batch_seed_is_stable_and_distinct():
+    assert batch_seed(0, "G", 0) == batch_seed(0, "G", 0)
+    assert len({batch_seed(0, "G", 0), batch_seed(0, "G", 1), batch_seed(0, "D", 0), batch_seed(1, "G", 0)}) == 4
+    assert 0 <= batch_seed(7, "D+H", 3) < 2**63
+
+
+def test_write_samples_is_reproducible_and_traceable(tmp_path):
+    torch.manual_seed(0)
+    tokenizer = msvqgan_tiny(scales=(1, 2, 4), num_embeddings=16, embedding_dim=4)
+    var = var_tiny(num_embeddings=16, embedding_dim=4, scale_lengths=tokenizer.quantizer.scale_lengths,
+                   num_conditions=2)
+    ckpt = tmp_path / "generator.pt"
+    torch.save(var.state_dict(), ckpt)
+    kwargs = dict(conditions=["A", "A+B", "null"], class_names=["A", "B"], num_per_condition=3, batch_size=2,
+                  guidance=1.5, top_k=8, progress=False, checkpoints={"generator": str(ckpt), "tokenizer": ""})
+    records = write_samples(var, tokenizer, output_dir=tmp_path / "one", **kwargs)
+    again = write_samples(var, tokenizer, output_dir=tmp_path / "two", **kwargs)
+    assert [r["tokens"] for r in records] == [r["tokens"] for r in again]  # same seed, same images
+    first = records[0]
+    assert first["synthetic"] is True and first["notice"] == SYNTHETIC_NOTICE
+    assert first["checkpoints"]["generator"]["sha256"] and first["checkpoints"]["tokenizer"]["sha256"] is None
+    assert first["guidance"] == 1.5 and first["top_k"] == 8 and first["batch_seed"] == batch_seed(0, "A", 0)
+    sidecar = json.loads((tmp_path / "one" / "A+B" / "A+B_0002.json").read_text())
+    assert sidecar["index_in_batch"] == 0 and sidecar["batch_size"] == 1  # 3 images in batches of 2 -> 2 + 1
+    png = Image.open(tmp_path / "one" / "A+B" / "A+B_0002.png")
+    assert png.size == (16, 16) and png.text["synthetic"] == "true" and png.text["medvq_condition"] == "A+B"
+    grid = np.asarray(Image.open(tmp_path / "one" / "grid.png"))
+    assert grid.shape == (3 * 16, 3 * 16, 3)  # a row per condition, 3 samples each
+    with pytest.raises(ValueError, match="num_per_condition and batch_size"):
+        write_samples(var, tokenizer, ["A"], ["A", "B"], tmp_path / "bad", num_per_condition=0)
+
+
+def test_scale_coverage_by_hand():
+    metric = ScaleCoverage(num_embeddings=4, scale_lengths=[1, 2], prefix="g_")
+    metric.update(torch.tensor([[0, 1, 1], [0, 2, 3]]))
+    result = metric.compute()
+    assert result["g_usage_s0"] == 0.25 and result["g_perplexity_s0"] == pytest.approx(1.0)
+    assert result["g_usage_s1"] == 0.75 and result["g_perplexity_s1"] == pytest.approx(2 ** 1.5)  # 1/2, 1/4, 1/4
+    assert result["g_usage"] == 1.0 and result["g_dead_codes"] == 0
+    assert metric.last_counts.tolist() == [[2, 0, 0, 0], [0, 2, 1, 1]]
+    with pytest.raises(ValueError, match=r"tokens must be \(B, 3\)"):
+        metric.update(torch.zeros(1, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"tokens must lie in \[0, 4\)"):
+        metric.update(torch.tensor([[0, 1, 4]]))
+    with pytest.raises(RuntimeError, match="at least one batch"):
+        ScaleCoverage(4, [1]).compute()
