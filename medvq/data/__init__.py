@@ -25,7 +25,6 @@ from medvq.data.synthetic import make_fundus_dataset
 from medvq.data.tokens import tokenize_datalist
 
 __all__ = [
-    "tokenize_datalist",
     "CLASSES",
     "CLASS_NAMES",
     "UNUSABLE_KEYWORDS",
@@ -38,6 +37,7 @@ __all__ = [
     "keywords_to_label",
     "make_fundus_dataset",
     "split_datalist",
+    "tokenize_datalist",
     "tokenizer_datalists",
     "write_datalist_json",
 ]

@@ -2,11 +2,11 @@
 
 from medvq.handlers.checkpoint import CheckpointHandler, ResumeFromCheckpoint, latest_checkpoint
 from medvq.handlers.deferred_quantization import DeferredQuantizationHandler
+from medvq.handlers.evaluation_report import EvaluationReportHandler, file_sha256
 from medvq.handlers.generation_report import GenerationReportHandler
 from medvq.handlers.gradient_clip import GradientClipHandler
-from medvq.handlers.evaluation_report import EvaluationReportHandler, file_sha256
-from medvq.handlers.sample_grid import SampleGridHandler
 from medvq.handlers.monitoring import CodeFrequencyHandler, ProgressBarHandler, ReconstructionGridHandler, make_grid
+from medvq.handlers.sample_grid import SampleGridHandler
 
 __all__ = [
     "CheckpointHandler",

@@ -8,11 +8,10 @@ read, with messages that name the path and the bundle override that fixes it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 

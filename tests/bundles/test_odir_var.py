@@ -227,7 +227,30 @@ def test_torchrun_two_gloo_processes_train_the_generator(trained, tmp_path):
            "--tokenizer_checkpoint", str(out / "tokenizer" / "checkpoints" / "model_final.pt"),
            "--meta_file", str(CONFIGS / "metadata.json"), "--logging_file", str(CONFIGS / "logging.conf"), *overrides]
     proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (run / "generator" / "checkpoints" / "model_final.pt").is_file()  # rank 0 saved
     assert json.loads((run / "generator" / "run_info.json").read_text())["world_size"] == 2
+
+
+def test_torchrun_two_gloo_processes_train_the_tokenizer_with_one_codebook(tmp_path):
+    dump = tmp_path / "dump.json"
+    dump.write_text(json.dumps({"finalize": [
+        "$torch.save(@network.module.quantizer.state_dict(), @output_dir + '/codebook_rank' + str(dist.get_rank()) + '.pt')",
+        "$@tb_writer.close()",
+        "$dist.barrier()",
+    ]}))
+    configs = [STAGE1, QUICKSTART, str(CONFIGS / "multi_gpu_train_tokenizer.json"), str(dump)]
+    overrides = []
+    for key, value in {**TINY, **STAGE1_RUN}.items():
+        overrides += [f"--{key}", json.dumps(value) if isinstance(value, list) else str(value)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
+           "run", "training", "--config_file", str(configs), "--output_dir", str(tmp_path / "run"),
+           "--meta_file", str(CONFIGS / "metadata.json"), "--logging_file", str(CONFIGS / "logging.conf"), *overrides]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / "run" / f"codebook_rank{r}.pt", weights_only=True) for r in range(2)]
+    assert ranks[0]["codes._extra_state"] == ranks[1]["codes._extra_state"] == {"active": True}
+    assert torch.equal(ranks[0]["codes.weight"], ranks[1]["codes.weight"])
+    assert (tmp_path / "run" / "tokenizer" / "checkpoints" / "model_final.pt").is_file()

@@ -87,7 +87,7 @@ def test_gradient_clip_handler_rejects_bad_norm():
 
 def test_supervised_trainer_learns_tokens_per_condition():
     tokenizer = _tokenizer()
-    images, label, tokens = _data(tokenizer)
+    _, label, tokens = _data(tokenizer)
     torch.manual_seed(0)
     var = var_tiny(num_embeddings=16, embedding_dim=4, scale_lengths=tokenizer.quantizer.scale_lengths,
                    condition_dropout=0.0)
@@ -109,7 +109,7 @@ def test_supervised_trainer_learns_tokens_per_condition():
     )
     accuracy = TokenAccuracy(tokenizer.quantizer.scale_lengths)
     accuracy.attach(trainer, "token_accuracy")
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"])))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"].detach())))
     trainer.run()
     assert float(trainer.state.output["grad_norm"]) > 0  # the clip handler ran and recorded the norm
     assert losses[-1] < 0.3 * losses[0]

@@ -39,8 +39,8 @@ def test_write_samples_is_reproducible_and_traceable(tmp_path):
                    num_conditions=2)
     ckpt = tmp_path / "generator.pt"
     torch.save(var.state_dict(), ckpt)
-    kwargs = dict(conditions=["A", "A+B", "null"], class_names=["A", "B"], num_per_condition=3, batch_size=2,
-                  guidance=1.5, top_k=8, progress=False, checkpoints={"generator": str(ckpt), "tokenizer": ""})
+    kwargs = {"conditions": ["A", "A+B", "null"], "class_names": ["A", "B"], "num_per_condition": 3, "batch_size": 2,
+              "guidance": 1.5, "top_k": 8, "progress": False, "checkpoints": {"generator": str(ckpt), "tokenizer": ""}}
     records = write_samples(var, tokenizer, output_dir=tmp_path / "one", **kwargs)
     again = write_samples(var, tokenizer, output_dir=tmp_path / "two", **kwargs)
     assert [r["tokens"] for r in records] == [r["tokens"] for r in again]  # same seed, same images

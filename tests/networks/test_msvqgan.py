@@ -11,7 +11,7 @@ from medvq.engines import TokenizerEvalKeys, TokenizerEvaluator, TokenizerKeys, 
 from medvq.handlers import DeferredQuantizationHandler
 from medvq.losses import ReconstructionLoss
 from medvq.metrics import CodebookCoverage
-from medvq.networks import MultiScaleVQGANTokenizer, msvqgan_f16, msvqgan_tiny
+from medvq.networks import msvqgan_f16, msvqgan_tiny
 from medvq.quantizers import MultiScaleResidualQuantizer
 
 
