@@ -6,4 +6,13 @@ from medvq.engines.tokenizer_trainer import TokenizerKeys, TokenizerTrainer
 from medvq.engines.var_batch import VARPrepareBatch
 from medvq.utils.distributed import unwrap_model  # re-exported: engines' users unwrap DDP models too
 
-__all__ = ["GeneratorEvalKeys", "GeneratorEvaluator", "TokenizerEvalKeys", "TokenizerEvaluator", "TokenizerKeys", "TokenizerTrainer", "VARPrepareBatch", "unwrap_model"]
+__all__ = [
+    "GeneratorEvalKeys",
+    "GeneratorEvaluator",
+    "TokenizerEvalKeys",
+    "TokenizerEvaluator",
+    "TokenizerKeys",
+    "TokenizerTrainer",
+    "VARPrepareBatch",
+    "unwrap_model",
+]

@@ -113,15 +113,21 @@ class GeneratorEvaluator(Evaluator):
         images = (images.as_tensor() if hasattr(images, "as_tensor") else images).to(device).float()
         condition = torch.as_tensor(batchdata[engine.condition_key]).to(device).float()
         var, tokenizer = unwrap_model(engine.generator), unwrap_model(engine.tokenizer)
+        modes = (var.training, tokenizer.training)
         var.eval()
         tokenizer.eval()
         quantizer = tokenizer.quantizer
         # seed per batch (and rank): repeatable evaluations, different draws on every batch
         rng = torch.Generator(device=device).manual_seed(engine.seed + engine.state.iteration + 1_000_003 * rank())
-        with torch.no_grad():
-            real_tokens = quantizer.flatten_indices(tokenizer.encode_to_indices(images))
-            maps = sample_var(var, quantizer, condition, num_samples=images.shape[0], generator=rng, **engine.sampling)
-            generated = tokenizer.decode_indices(maps).float().clamp(-1.0, 1.0)
+        try:
+            with torch.no_grad():
+                real_tokens = quantizer.flatten_indices(tokenizer.encode_to_indices(images))
+                maps = sample_var(var, quantizer, condition, num_samples=images.shape[0], generator=rng,
+                                  **engine.sampling)
+                generated = tokenizer.decode_indices(maps).float().clamp(-1.0, 1.0)
+        finally:
+            var.train(modes[0])
+            tokenizer.train(modes[1])
         return {
             GeneratorEvalKeys.IMAGE: images,
             GeneratorEvalKeys.PRED: generated,

@@ -42,6 +42,10 @@ class VARPrepareBatch(PrepareBatch):
         tokens_key: key of pre-computed ``(B, L)`` token sequences. Default ``"tokens"``.
         image_key: key of images to tokenize when a batch holds no ``tokens_key``. Default ``"image"``.
 
+    Raises:
+        TypeError: ``tokenizer`` is not multi-scale.
+        ValueError: its quantizer is not active (saved before the deferred switch).
+
     Raises (when called):
         KeyError: the batch holds neither tokens nor images, or no condition (the message lists its keys).
         ValueError: tokens of the wrong length, or a condition that is not a ``(B, C)`` tensor.
@@ -59,6 +63,12 @@ class VARPrepareBatch(PrepareBatch):
             raise TypeError(
                 f"tokenizer must be a multi-scale tokenizer (e.g. medvq.networks.MultiScaleVQGANTokenizer) whose "
                 f"quantizer has teacher_forcing_input, got {type(inner).__name__}."
+            )
+        if not bool(inner.quantizer.active):
+            raise ValueError(
+                "the tokenizer's quantizer is not active (its checkpoint was saved before the deferred switch): its "
+                "tokens would index an untrained codebook. Train stage 1 past quantize_start, or load a later "
+                "checkpoint (--tokenizer_checkpoint)."
             )
         self.tokenizer = inner.requires_grad_(False)
         self.condition_key = condition_key

@@ -84,7 +84,6 @@ def write_samples(
     use_kv_cache: bool = True,
     checkpoints: Mapping[str, str] | None = None,
     summary_writer: Any = None,
-    device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Sample ``num_per_condition`` images for each condition and write them with provenance.
@@ -102,7 +101,6 @@ def write_samples(
             (defaults: VAR's FID settings, cfg 1.5 in VAR's convention = guidance 2.5 here, top-k 900, top-p 0.96).
         checkpoints: ``{"tokenizer": path, "generator": path}``; their sha256 goes into every sidecar.
         summary_writer: a TensorBoard ``SummaryWriter`` for the grid (tag ``samples``); None skips it.
-        device: where sampling runs.
         progress: show a progress bar.
 
     Returns:
@@ -115,8 +113,10 @@ def write_samples(
         raise ValueError(f"num_per_condition and batch_size must be >= 1, got {num_per_condition} and {batch_size}.")
     vectors = condition_vectors(conditions, class_names)
     var, tok = unwrap_model(generator), unwrap_model(tokenizer)
+    modes = (var.training, tok.training)
     var.eval()
     tok.eval()
+    device = next(var.parameters()).device  # sampling (and its seeded generator) runs where the model is
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     provenance = {
@@ -135,7 +135,7 @@ def write_samples(
         for b, start in enumerate(range(0, num_per_condition, batch_size)):
             n = min(batch_size, num_per_condition - start)
             bseed = batch_seed(seed, name, b)
-            rng = torch.Generator(device=torch.device(device)).manual_seed(bseed)
+            rng = torch.Generator(device=device).manual_seed(bseed)
             condition = None if vector is None else vector.to(device)[None].expand(n, -1)
             maps = sample_var(var, tok.quantizer, condition, num_samples=n, generator=rng, **settings)
             images = tok.decode_indices(maps).clamp(-1, 1)  # (n, C, H, W)
@@ -175,6 +175,8 @@ def write_samples(
             bar.update(n)
         grid_rows.append(torch.cat([img for img in row], dim=-1))  # (C, H, min(8, N) * W)
     bar.close()
+    var.train(modes[0])
+    tok.train(modes[1])
     width = max(r.shape[-1] for r in grid_rows)
     grid = torch.cat([torch.nn.functional.pad(r, (0, width - r.shape[-1]), value=-1.0) for r in grid_rows], dim=-2)
     grid_array = _to_uint8(grid)

@@ -2,9 +2,9 @@
 
 At ``start`` (iterations or epochs) it runs the current encoder over the training data, collects ``num_samples``
 latent vectors, and calls ``quantizer.activate(samples, init=...)``: the codebook is born from the mature encoder's
-latents (k-means) and quantization starts. A multi-scale quantizer (one with ``collect_residuals``) gets its exact
-residual pyramid of those latents instead, the vectors its codes will quantize ("Early Quantization Shrinks Codebook", arXiv 2603.17052). With
-``start=0`` it fires before the first iteration, on the untrained encoder: the ``kmeans_at_start`` baseline.
+latents (k-means) and quantization starts ("Early Quantization Shrinks Codebook", arXiv 2603.17052). A multi-scale
+quantizer (one with ``collect_residuals``) gets the exact residual pyramid of those latents instead: the vectors its
+codes will quantize. With ``start=0`` it fires before the first iteration, on the untrained encoder: the ``kmeans_at_start`` baseline.
 
 It fires exactly once. Whether it has fired is the quantizer's ``active`` flag, which lives in the network's state
 dict: a run resumed from a checkpoint saved after the switch never fires again, and one resumed from before the switch

@@ -29,6 +29,13 @@ class GradientClipHandler:
         self.output_key = output_key
 
     def attach(self, engine: Engine) -> None:
+        if getattr(engine, "accumulation_steps", 1) > 1:
+            # MONAI fires BACKWARD_COMPLETED after every micro-batch: clipping partial sums (and unscaling twice under
+            # AMP) would be wrong
+            raise ValueError(
+                f"GradientClipHandler does not support gradient accumulation (the trainer has accumulation_steps="
+                f"{engine.accumulation_steps}); use accumulation_steps=1 or clip in a custom iteration."
+            )
         engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:

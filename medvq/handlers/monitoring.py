@@ -171,6 +171,9 @@ class ProgressBarHandler:
         from ignite.handlers import ProgressBar
 
         keys = self.output_keys
-        ProgressBar(persist=self.persist).attach(
-            engine, output_transform=lambda out: {k: float(out[k].detach() if torch.is_tensor(out[k]) else out[k]) for k in keys if k in out}
-        )
+
+        def scalars(out: dict) -> dict[str, float]:
+            # detach: MONAI's SupervisedTrainer puts the loss with its graph into the output
+            return {k: float(out[k].detach() if torch.is_tensor(out[k]) else out[k]) for k in keys if k in out}
+
+        ProgressBar(persist=self.persist).attach(engine, output_transform=scalars)

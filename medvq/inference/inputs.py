@@ -132,8 +132,9 @@ def load_tokenizer_checkpoint(
         module.load_state_dict(state, strict=strict)
     except RuntimeError as exc:
         raise RuntimeError(
-            f"checkpoint '{path}' does not fit the network this config builds (network_preset, num_embeddings, "
-            "embedding_dim): run inference with the same config files and overrides as the training, e.g. "
+            f"checkpoint '{path}' does not fit the {what} this config builds (its preset and sizes, e.g. "
+            "network_preset / tokenizer_preset / generator_preset, num_embeddings, embedding_dim): use the same config "
+            "files and overrides as the training, e.g. "
             f"add configs/quickstart.json for a quickstart checkpoint. {_shorten(str(exc))}"
         ) from exc
     quantizer = getattr(module, "quantizer", None)

@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 from ignite.metrics import Metric
-from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
+from ignite.engine import Engine
+from ignite.metrics.metric import EpochWise, MetricUsage, reinit__is_reduced, sync_all_reduce
 
 __all__ = ["TokenAccuracy"]
 
@@ -43,6 +44,11 @@ class TokenAccuracy(Metric):
         # the scale of every sequence position: (L,)
         self._scale_of = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
         super().__init__(output_transform=output_transform, device=device)
+
+    def attach(self, engine: Engine, name: str = "token_accuracy", usage: str | MetricUsage = EpochWise()) -> None:
+        """Ignite's ``Metric.attach`` with a default name, so a bundle can list the metric among ``train#handlers``
+        (MONAI calls ``handler.attach(engine)``); listed first, it is computed before the loggers read it."""
+        super().attach(engine, name, usage)
 
     @reinit__is_reduced
     def reset(self) -> None:

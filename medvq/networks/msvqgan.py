@@ -1,10 +1,10 @@
 """VAR's tokenizer: the VQGAN encoder/decoder around a :class:`~medvq.quantizers.MultiScaleResidualQuantizer`.
 
-VAR (Tian et al. 2024, arXiv 2404.02905) tokenizes an image into token maps at increasing scales (1x1 ... 16x16 for a
-16x16 latent) drawn from one shared codebook; its next-scale transformer (:class:`medvq.networks.VARTransformer`)
-generates them coarse to fine. VAR's authors released the trained tokenizer but not its training code; here it is the
-same :class:`~medvq.networks.VQGANTokenizer` (taming blocks, MONAI layers) with the multi-scale quantizer, trained by the
-same :class:`~medvq.engines.TokenizerTrainer` and deferred by the same
+VAR (Tian et al. 2024, arXiv 2404.02905) tokenizes an image into token maps at increasing scales (1x1 ... 16x16 for
+a 16x16 latent) drawn from one shared codebook; its next-scale transformer (:class:`medvq.networks.VARTransformer`)
+generates them coarse to fine. VAR's authors released the trained tokenizer but not its training code; here it is
+the same :class:`~medvq.networks.VQGANTokenizer` (taming blocks, MONAI layers) with the multi-scale quantizer, trained
+by the same :class:`~medvq.engines.TokenizerTrainer` and deferred by the same
 :class:`~medvq.handlers.DeferredQuantizationHandler` (which initialises the shared codebook by k-means on the exact
 residual pyramid of the mature encoder's latents, see ``MultiScaleResidualQuantizer.collect_residuals``).
 
@@ -42,6 +42,8 @@ class MultiScaleVQGANTokenizer(VQGANTokenizer):
             size / ``2 ** (len(channels) - 1)``). Default VAR's ``(1, 2, 3, 4, 5, 6, 8, 10, 13, 16)``.
         phi_shared: phi convolutions shared across scales (VAR: 4); 0 disables phi. Default 4.
         phi_residual_ratio: phi's blend ``(1 - r) h + r conv(h)``. Default 0.5 (VAR's ``quant_resi``).
+        commitment: encoder commitment on every running sum (``"all"``, VAR's loss, default) or on the final one
+            (``"final"``), see :class:`~medvq.quantizers.MultiScaleResidualQuantizer`.
 
     Raises:
         ValueError: as :class:`VQGANTokenizer`, bad scales, or an image whose latent grid is not ``scales[-1]``.
@@ -159,8 +161,8 @@ def msvqgan_f16(
     return MultiScaleVQGANTokenizer(
         spatial_dims=spatial_dims, in_channels=in_channels, channels=(160, 160, 320, 320, 640), num_res_blocks=2,
         norm_num_groups=32, z_channels=32, embedding_dim=embedding_dim, num_embeddings=num_embeddings, scales=scales,
-        commitment_cost=commitment_cost, phi_shared=phi_shared, commitment=commitment, quantize=quantize, use_checkpointing=use_checkpointing,
-        use_flash_attention=use_flash_attention,
+        commitment_cost=commitment_cost, phi_shared=phi_shared, commitment=commitment, quantize=quantize,
+        use_checkpointing=use_checkpointing, use_flash_attention=use_flash_attention,
     )
 
 
@@ -183,6 +185,6 @@ def msvqgan_tiny(
     return MultiScaleVQGANTokenizer(
         spatial_dims=spatial_dims, in_channels=in_channels, channels=(16, 32, 32), num_res_blocks=1,
         norm_num_groups=8, z_channels=32, embedding_dim=embedding_dim, num_embeddings=num_embeddings, scales=scales,
-        commitment_cost=commitment_cost, phi_shared=phi_shared, commitment=commitment, quantize=quantize, use_checkpointing=use_checkpointing,
-        use_flash_attention=use_flash_attention,
+        commitment_cost=commitment_cost, phi_shared=phi_shared, commitment=commitment, quantize=quantize,
+        use_checkpointing=use_checkpointing, use_flash_attention=use_flash_attention,
     )

@@ -350,8 +350,10 @@ class VARTransformer(nn.Module):
             if isinstance(condition, torch.Tensor) and condition.ndim == 2 and condition.shape[0] != batch:
                 raise ValueError(f"condition's batch size ({condition.shape[0]}) must equal x's ({batch}).")
             drop = None
-            if self.training and self.condition_dropout > 0:
-                # VAR's cond_drop_rate: the null embedding stands in, so the model also learns p(x) for CFG
+            if self.training:
+                # VAR's cond_drop_rate: the null embedding stands in, so the model also learns p(x) for CFG. The mask
+                # is drawn even at rate 0 (all False) so the null embedding stays in the graph: DDP needs a gradient
+                # (a zero one) for every parameter
                 drop = torch.rand(batch, device=self.null_embedding.device) < self.condition_dropout
             embedding = self.embed_condition(condition, drop=drop)
         return self.forward_from_embedding(x, embedding)

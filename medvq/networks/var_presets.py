@@ -61,8 +61,9 @@ def var_tiny(
 ) -> VARTransformer:
     """Tiny VAR for tests and the CPU quickstart: depth 2, width 64, 2 heads (about 0.18 M parameters).
 
-    Defaults match :func:`~medvq.networks.vqgan_tiny` (256 codes of dimension 8) on 32x32 images (an 8x8 latent,
-    scales 1, 2, 3, 4, 6, 8). Arguments as :func:`var_d16`.
+    Defaults match :func:`~medvq.networks.msvqgan_tiny`'s (256 codes of dimension 8, scales 1, 2, 3, 4, 6, 8: 32 px
+    images); pass ``scale_lengths=tokenizer.quantizer.scale_lengths`` for another schedule (the ``odir_var`` quickstart
+    uses VAR's 10 scales at 64 px). Arguments as :func:`var_d16`.
     """
     return VARTransformer(
         num_embeddings=num_embeddings,

@@ -8,7 +8,8 @@ Follows VAR's ``autoregressive_infer_cfg`` (Tian et al. 2024, arXiv 2404.02905, 
     f_hat, x_{k+1} = quantizer.next_scale_input(k, f_hat, idx_k)
 
 ``w_k = w`` (``guidance_ramp="constant"``) or ``w_k = 1 + (w - 1) k / (num_scales - 1)`` (``"linear"``, VAR's
-schedule with its ``cfg = w - 1``), so ``w = 1`` is plain conditional sampling and ``w = 0`` unconditional. Only the
+schedule with its ``cfg = w - 1``), so ``w = 1`` is plain conditional sampling; ``w = 0`` is unconditional with the
+constant ramp (the linear ramp starts at ``w_0 = 1``, so its first scale stays conditional). Only the
 branches the weights need are run: the conditional rows when some ``w_k != 0``, the null rows when some ``w_k != 1``
 (both as one doubled batch ``[cond; null]``). Hence ``guidance=0, guidance_ramp="constant"`` with a condition runs
 exactly the computation (and the random draws) of ``condition=None``.
@@ -83,6 +84,7 @@ def _check_arguments(
     top_k: int,
     top_p: float,
     temperature: float,
+    generator: torch.Generator | None = None,
 ) -> int:
     """Validate :func:`sample_var`'s arguments; returns the batch size."""
     if not isinstance(var, VARTransformer):
@@ -108,6 +110,12 @@ def _check_arguments(
         raise ValueError(f"top_p must be in [0, 1] (0 disables it), got {top_p!r}.")
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}.")
+    if generator is not None:
+        device = next(var.parameters()).device
+        if not isinstance(generator, torch.Generator) or generator.device.type != device.type:
+            got = generator.device if isinstance(generator, torch.Generator) else type(generator).__name__
+            raise ValueError(f"generator must be a torch.Generator on var's device ({device.type}), got {got}: "
+                             f"create it with torch.Generator(device={str(device)!r}).")
     if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int)
                                     or num_samples < 1):
         raise ValueError(f"num_samples must be an integer >= 1 or None, got {num_samples!r}.")
@@ -149,12 +157,13 @@ def sample_var(
         quantizer: the tokenizer's multi-scale quantizer (codebook lookups and the next scale's input).
         condition: ``(B, num_conditions)`` multi-hot, or None for unconditional sampling (the null branch only).
         num_samples: B; required when ``condition`` is None, else None or ``condition.shape[0]``.
-        guidance: CFG weight ``w >= 0``: 1 (default) is conditional sampling, 0 unconditional, > 1 sharper.
+        guidance: CFG weight ``w >= 0``: 1 (default) is conditional sampling, > 1 sharper; 0 is unconditional with
+            ``guidance_ramp="constant"`` (the linear ramp keeps ``w_0 = 1`` at the first scale).
         guidance_ramp: ``"linear"`` (default, VAR's): ``w_k = 1 + (w - 1) k / (num_scales - 1)``; ``"constant"``:
             ``w_k = w``.
         top_k: keep the ``top_k`` most likely tokens; 0 (default) keeps all. VAR samples with 900.
         top_p: nucleus filtering threshold in [0, 1]; 0 (default) disables it. VAR uses 0.95 with top-k.
-        generator: random generator of ``torch.multinomial`` (on ``var``'s device); None uses the global one.
+        generator: random generator of ``torch.multinomial``, on ``var``'s device; None uses the global one.
         use_kv_cache: decode each scale from cached keys and values (default) instead of re-running the prefix.
         temperature: logits are divided by it before filtering; > 0. Default 1.0.
 
@@ -162,7 +171,7 @@ def sample_var(
         one ``(B, *quantizer.scales[k])`` int64 token map per scale.
     """
     batch = _check_arguments(var, quantizer, condition, num_samples, guidance, guidance_ramp, top_k, top_p,
-                             temperature)
+                             temperature, generator)
     weights = _guidance_weights(guidance, guidance_ramp, var.num_scales)
     # 1. branches: the conditional rows unless every weight is 0, the null rows unless every weight is 1
     use_cond = condition is not None and any(w != 0.0 for w in weights)

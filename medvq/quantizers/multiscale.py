@@ -12,8 +12,10 @@ scales, all drawn from one shared codebook. With ``f_rest = z`` and ``f_hat = 0`
 ``phi_k(h) = (1 - r) h + r conv(h)`` is one of ``phi_shared`` 3x3(x3) convolutions shared by neighbouring scales,
 chosen as in VAR's ``PhiPartiallyShared``. The loss is VAR's: the mean over scales of
 ``||f_hat_k - sg(z)||^2 + beta ||sg(f_hat_k) - z||^2`` with ``f_hat_k`` the running sum after scale ``k`` (codebook
-and phi learn from the first term, the encoder from the second). The output is ``f_hat`` with a straight-through
-gradient of the identity to ``z``.
+and phi learn from the first term, the encoder from the second). With ``commitment="final"`` the encoder term is
+``beta ||sg(f_hat) - z||^2`` of the final ``f_hat`` only: VAR's term on the coarse running sums rewards latents the
+coarse scales already explain, which shrinks the fine residuals after a deferred switch (``docs/results.md``). The
+output is ``f_hat`` with a straight-through gradient of the identity to ``z``.
 
 Deferral is the same contract as :class:`~medvq.quantizers.VectorQuantizer` ("Early Quantization Shrinks Codebook",
 arXiv 2603.17052): the codebook, ``active`` and :meth:`MultiScaleResidualQuantizer.activate` (gather / rank-0 k-means /
@@ -22,8 +24,8 @@ activation code exists once.
 
 Limitations: as in VAR, phi also refines the last scale, so with ``phi_shared > 0`` even a codebook containing every
 residual gives ``f_hat != z`` (the residual ``r_last - phi(r_last)`` remains; phi and the decoder learn to absorb it);
-with ``phi_shared=0`` such a codebook reconstructs ``z`` exactly. The codebook is gradient-updated only (no EMA, no l2-normalised lookup, no dead-code revival); the
-nearest-code search is exact, O(N K D) per scale; ``spatial_dims`` is 2 or 3.
+with ``phi_shared=0`` such a codebook reconstructs ``z`` exactly. The codebook is gradient-updated only (no EMA, no
+l2-normalised lookup, no dead-code revival); the nearest-code search is exact, O(N K D) per scale; ``spatial_dims`` is 2 or 3.
 """
 
 from __future__ import annotations
@@ -133,6 +135,8 @@ class MultiScaleResidualQuantizer(nn.Module):
         active: quantize from the start (True) or start as a pass-through (False). Default True.
         chunk_size: bound on the elements of one block of the distance matrix (memory, not speed). Default 2**20.
         kmeans_iterations: Lloyd iterations of :meth:`activate` with ``init="kmeans"``. Default 20.
+        commitment: ``"all"`` (default, VAR's loss: the encoder commits to every running sum ``f_hat_k``) or
+            ``"final"`` (only to the final ``f_hat``; the codebook and phi still learn from every running sum).
 
     Example:
         >>> msq = MultiScaleResidualQuantizer(num_embeddings=16, embedding_dim=4, scales=(1, 2, 4), active=False)
@@ -358,6 +362,13 @@ class MultiScaleResidualQuantizer(nn.Module):
             the new ``f_hat``, and the input of scale ``k + 1``, ``(B, n_{k+1}, D)`` (at the last scale: ``f_hat``
             flattened, which no generator consumes).
         """
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.num_scales:
+            raise ValueError(f"k must be a scale index in [0, {self.num_scales}), got {k!r}.")
+        if not isinstance(indices, torch.Tensor) or tuple(indices.shape[1:]) != self.scales[k]:
+            shape = tuple(indices.shape) if isinstance(indices, torch.Tensor) else type(indices).__name__
+            raise ValueError(f"indices of scale {k} must have shape (B, *{self.scales[k]}), got {shape}.")
+        if (k == 0) != (f_hat is None):
+            raise ValueError("f_hat must be None at the first scale (k=0) and the running sum after it.")
         codes = self.codes.lookup(indices)  # (B, D, *scale_k)
         h = self._refine(k, codes)
         f_hat = h if f_hat is None else f_hat + h

@@ -41,15 +41,23 @@ def _run(configs, run_id, **overrides):
     return workflow
 
 
-def _scalar_tags(event_dir: Path) -> set[str]:
+def _scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Tag -> [(step, value)] of every scalar, and tag -> [] of every image, in the event files of a folder."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    tags: set[str] = set()
+    values: dict[str, list[tuple[int, float]]] = {}
     for path in event_dir.glob("events.out.tfevents.*"):
         acc = EventAccumulator(str(path), size_guidance={"scalars": 0, "images": 0})
         acc.Reload()
-        tags |= set(acc.Tags()["scalars"]) | set(acc.Tags()["images"])
-    return tags
+        for tag in acc.Tags()["scalars"]:
+            values.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+        for tag in acc.Tags()["images"]:
+            values.setdefault(tag, [])
+    return values
+
+
+def _scalar_tags(event_dir: Path) -> set[str]:
+    return set(_scalars(event_dir))
 
 
 class _TinyExtractor(torch.nn.Module):
@@ -104,9 +112,12 @@ def test_stage2_trains_the_generator_with_per_scale_accuracy_and_sample_grids(tr
     grids = sorted((out / "generator" / "images").glob("samples_epoch*.png"))
     assert [g.name for g in grids] == ["samples_epoch0001.png", "samples_epoch0002.png"]
     assert Image.open(grids[-1]).size == (4 * 32, 8 * 32)  # 4 samples x 8 conditions
-    tags = _scalar_tags(out / "generator" / "tensorboard")
+    scalars = _scalars(out / "generator" / "tensorboard")
     for tag in ("loss", "grad_norm", "token_acc", "token_acc_s0", "samples"):
-        assert any(t.endswith(tag) for t in tags), tag
+        assert any(t.endswith(tag) for t in scalars), tag
+    # the accuracy logged at epoch N is epoch N's (the metric is computed before the loggers run)
+    assert [step for step, _ in scalars["token_acc"]] == [1, 2]
+    assert scalars["token_acc"][-1][1] == pytest.approx(metrics["token_acc"], rel=1e-6)
     info = json.loads((out / "generator" / "run_info.json").read_text())
     assert info["stage"] == "generator" and info["precompute_tokens"] is True
 
@@ -195,7 +206,7 @@ def test_stage2_on_the_fly_tokenization_matches_the_precomputed_tokens(trained):
                               **TINY, **STAGE2_RUN)
     workflow.initialize()
     prepare = workflow.parser.get_parsed_content("train#prepare_batch")
-    items = workflow.parser.get_parsed_content("train#token_dataset")[:4]
+    items = workflow.parser.get_parsed_content("train#dataset")[:4]  # precompute_tokens: true
     images = workflow.parser.get_parsed_content("validate#preprocessing")
     batch = torch.stack([images({"image": item["image"]})["image"].as_tensor() for item in items])
     condition = torch.stack([item["label"] for item in items])
@@ -254,3 +265,20 @@ def test_torchrun_two_gloo_processes_train_the_tokenizer_with_one_codebook(tmp_p
     assert ranks[0]["codes._extra_state"] == ranks[1]["codes._extra_state"] == {"active": True}
     assert torch.equal(ranks[0]["codes.weight"], ranks[1]["codes.weight"])
     assert (tmp_path / "run" / "tokenizer" / "checkpoints" / "model_final.pt").is_file()
+
+
+def test_stage2_trains_on_the_fly_without_precomputing(trained, tmp_path, monkeypatch):
+    out, _, _ = trained
+    import medvq.data
+
+    calls = []
+    original = medvq.data.tokenize_datalist
+    monkeypatch.setattr(medvq.data, "tokenize_datalist", lambda *a, **k: calls.append(1) or original(*a, **k))
+    workflow = _run([STAGE1, STAGE2, QUICKSTART], "training", output_dir=str(out), **TINY,
+                    **{**STAGE2_RUN, "generator_epochs": 1}, precompute_tokens=False,
+                    generator_dir=str(tmp_path / "generator"))
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    workflow.finalize()
+    assert calls == []  # nothing was pre-computed: every batch was tokenized from its (randomly flipped) images
+    assert trainer.state.epoch == 1 and 0 <= trainer.state.metrics["token_acc"] <= 1
+    assert json.loads((tmp_path / "generator" / "run_info.json").read_text())["precompute_tokens"] is False

@@ -113,7 +113,7 @@ def test_load_tokenizer_checkpoint_accepts_both_training_files_and_names_a_missi
     torch.save(torch.zeros(2), tmp_path / "tensor.pt")
     with pytest.raises(TypeError, match="holds a Tensor, not a state dict"):
         load_tokenizer_checkpoint(source, tmp_path / "tensor.pt")
-    with pytest.raises(RuntimeError, match="does not fit the network .* same config files"):
+    with pytest.raises(RuntimeError, match="does not fit the tokenizer .* same config"):
         load_tokenizer_checkpoint(vqgan_tiny(num_embeddings=32), tmp_path / "model_final.pt")
 
 

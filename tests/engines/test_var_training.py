@@ -62,7 +62,7 @@ def test_next_scale_loss_is_the_mean_cross_entropy():
     torch.testing.assert_close(NextScaleLoss()(logits, tokens), by_hand)
     with pytest.raises(ValueError, match=r"logits must be \(B, L, V\)"):
         NextScaleLoss()(logits, tokens[:, :2])
-    with pytest.raises(ValueError, match="label_smoothing"):
+    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\), got 1.0"):
         NextScaleLoss(label_smoothing=1.0)
 
 
@@ -76,13 +76,25 @@ def test_token_accuracy_per_scale_by_hand():
     assert result == {"t_token_acc": 4 / 6, "t_token_acc_s0": 1 / 2, "t_token_acc_s1": 3 / 4}
     with pytest.raises(ValueError, match="L = 3"):
         metric.update((torch.zeros(1, 4, 4), torch.zeros(1, 4, dtype=torch.long)))
-    with pytest.raises(ValueError, match="scale_lengths"):
+    with pytest.raises(ValueError, match=r"scale_lengths must be positive token counts, got \[0, 1\]"):
         TokenAccuracy([0, 1])
 
 
-def test_gradient_clip_handler_rejects_bad_norm():
-    with pytest.raises(ValueError, match="max_norm must be > 0"):
+def test_gradient_clip_handler_rejects_bad_norm_and_accumulation():
+    with pytest.raises(ValueError, match="max_norm must be > 0, got 0"):
         GradientClipHandler(0)
+    var = torch.nn.Linear(2, 2)
+    trainer = SupervisedTrainer(device="cpu", max_epochs=1, train_data_loader=[], network=var,
+                                optimizer=torch.optim.SGD(var.parameters(), lr=0.1), loss_function=NextScaleLoss(),
+                                accumulation_steps=2)
+    with pytest.raises(ValueError, match="does not support gradient accumulation .*accumulation_steps=2"):
+        GradientClipHandler(1.0).attach(trainer)
+
+
+def test_prepare_batch_refuses_a_tokenizer_saved_before_the_switch():
+    tokenizer = msvqgan_tiny(scales=SCALES, num_embeddings=16, embedding_dim=4, quantize=False)
+    with pytest.raises(ValueError, match="quantizer is not active .*--tokenizer_checkpoint"):
+        VARPrepareBatch(tokenizer)
 
 
 def test_supervised_trainer_learns_tokens_per_condition():

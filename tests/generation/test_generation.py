@@ -72,3 +72,25 @@ def test_scale_coverage_by_hand():
         metric.update(torch.tensor([[0, 1, 4]]))
     with pytest.raises(RuntimeError, match="at least one batch"):
         ScaleCoverage(4, [1]).compute()
+    with pytest.raises(ValueError, match=r"scale_lengths must be positive token counts, got \[\]"):
+        ScaleCoverage(4, [])
+    with pytest.raises(ValueError, match="num_embeddings must be an integer >= 1, got 0"):
+        ScaleCoverage(0, [1])
+
+
+def test_sample_grid_handler_arguments():
+    from medvq.handlers import SampleGridHandler
+
+    with pytest.raises(ValueError, match="samples_per_condition and interval must be >= 1, got 0 and 1"):
+        SampleGridHandler(None, None, ["A"], ["A"], samples_per_condition=0)
+    with pytest.raises(ValueError, match="'Z' .* is not a class"):
+        SampleGridHandler(None, None, ["Z"], ["A"])
+
+
+def test_sample_var_rejects_a_generator_on_another_device():
+    from medvq.networks import sample_var
+
+    tokenizer = msvqgan_tiny(scales=(1, 2), num_embeddings=16, embedding_dim=4)
+    var = var_tiny(num_embeddings=16, embedding_dim=4, scale_lengths=tokenizer.quantizer.scale_lengths)
+    with pytest.raises(ValueError, match="generator must be a torch.Generator on var's device"):
+        sample_var(var, tokenizer.quantizer, None, num_samples=1, generator="seed")

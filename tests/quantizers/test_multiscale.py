@@ -199,3 +199,40 @@ def test_token_sequence_errors():
         msq.unflatten_indices(torch.zeros(2, 20, dtype=torch.long))
     with pytest.raises(ValueError, match="one token map per scale"):
         msq.teacher_forcing_input([torch.zeros(1, 1, 1, dtype=torch.long)])
+
+
+def test_commitment_final_commits_the_encoder_to_the_final_sum_only():
+    torch.manual_seed(0)
+    z = torch.randn(2, 3, 4, 4)
+    losses = {}
+    for commitment in ("all", "final"):
+        torch.manual_seed(1)
+        msq = _make(2, (1, 2, 4), commitment=commitment)
+        zz = z.clone().requires_grad_(True)
+        out = msq(zz)
+        out.loss.backward()
+        losses[commitment] = (out.loss.detach(), zz.grad.clone(), [p.grad.clone() for p in msq.parameters()])
+    # codebook and phi get the same gradient (the codebook term is shared); only the encoder term differs
+    for a, b in zip(losses["all"][2], losses["final"][2]):
+        torch.testing.assert_close(a, b)
+    assert not torch.allclose(losses["all"][1], losses["final"][1])
+    # by hand: the encoder term of "final" is beta * ||sg(f_hat) - z||^2 of the last running sum
+    torch.manual_seed(1)
+    msq = _make(2, (1, 2, 4), commitment="final")
+    zz = z.clone().requires_grad_(True)
+    f_hat = msq(zz).quantized.detach()
+    (0.25 * torch.nn.functional.mse_loss(f_hat, zz)).backward()
+    torch.testing.assert_close(zz.grad, losses["final"][1])
+    with pytest.raises(ValueError, match="commitment must be 'all' \\(VAR\\) or 'final', got 'some'"):
+        _make(2, (1, 2, 4), commitment="some")
+
+
+def test_next_scale_input_errors():
+    msq = _make(2, (1, 2, 4))
+    idx = torch.zeros(1, 1, 1, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"k must be a scale index in \[0, 3\), got 3"):
+        msq.next_scale_input(3, None, idx)
+    with pytest.raises(ValueError, match=r"indices of scale 1 must have shape \(B, \*\(2, 2\)\), got \(1, 1, 1\)"):
+        msq.next_scale_input(1, torch.zeros(1, 3, 4, 4), idx)
+    with pytest.raises(ValueError, match="f_hat must be None at the first scale"):
+        msq.next_scale_input(0, torch.zeros(1, 3, 4, 4), idx)
