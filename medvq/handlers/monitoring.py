@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["ReconstructionGridHandler", "CodeFrequencyHandler", "ProgressBarHandler", "make_grid"]
+__all__ = ["CodeFrequencyHandler", "ProgressBarHandler", "ReconstructionGridHandler", "make_grid"]
 
 logger = logging.getLogger(__name__)
 

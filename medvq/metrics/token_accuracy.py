@@ -6,8 +6,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from ignite.metrics import Metric
 from ignite.engine import Engine
+from ignite.metrics import Metric
 from ignite.metrics.metric import EpochWise, MetricUsage, reinit__is_reduced, sync_all_reduce
 
 __all__ = ["TokenAccuracy"]
@@ -45,7 +45,8 @@ class TokenAccuracy(Metric):
         self._scale_of = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
         super().__init__(output_transform=output_transform, device=device)
 
-    def attach(self, engine: Engine, name: str = "token_accuracy", usage: str | MetricUsage = EpochWise()) -> None:
+    def attach(self, engine: Engine, name: str = "token_accuracy", usage: str | MetricUsage = EpochWise.usage_name
+               ) -> None:
         """Ignite's ``Metric.attach`` with a default name, so a bundle can list the metric among ``train#handlers``
         (MONAI calls ``handler.attach(engine)``); listed first, it is computed before the loggers read it."""
         super().attach(engine, name, usage)
