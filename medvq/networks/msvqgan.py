@@ -44,6 +44,8 @@ class MultiScaleVQGANTokenizer(VQGANTokenizer):
         phi_residual_ratio: phi's blend ``(1 - r) h + r conv(h)``. Default 0.5 (VAR's ``quant_resi``).
         commitment: encoder commitment on every running sum (``"all"``, VAR's loss, default) or on the final one
             (``"final"``), see :class:`~medvq.quantizers.MultiScaleResidualQuantizer`.
+        dead_code_threshold: revive codes unused at every scale for this many training steps (after the switch);
+            0 (default, VAR) disables it.
 
     Raises:
         ValueError: as :class:`VQGANTokenizer`, bad scales, or an image whose latent grid is not ``scales[-1]``.
@@ -76,6 +78,7 @@ class MultiScaleVQGANTokenizer(VQGANTokenizer):
         phi_shared: int = 4,
         phi_residual_ratio: float = 0.5,
         commitment: str = "all",
+        dead_code_threshold: int = 0,
         quantize: bool = True,
         use_checkpointing: bool = False,
         use_flash_attention: bool = False,
@@ -107,6 +110,7 @@ class MultiScaleVQGANTokenizer(VQGANTokenizer):
             phi_shared=phi_shared,
             phi_residual_ratio=phi_residual_ratio,
             commitment=commitment,
+            dead_code_threshold=dead_code_threshold,
             active=quantize,
         )
 
@@ -152,6 +156,7 @@ def msvqgan_f16(
     commitment_cost: float = 0.25,
     phi_shared: int = 4,
     commitment: str = "all",
+    dead_code_threshold: int = 0,
     use_checkpointing: bool = False,
     use_flash_attention: bool = False,
 ) -> MultiScaleVQGANTokenizer:
@@ -161,8 +166,9 @@ def msvqgan_f16(
     return MultiScaleVQGANTokenizer(
         spatial_dims=spatial_dims, in_channels=in_channels, channels=(160, 160, 320, 320, 640), num_res_blocks=2,
         norm_num_groups=32, z_channels=32, embedding_dim=embedding_dim, num_embeddings=num_embeddings, scales=scales,
-        commitment_cost=commitment_cost, phi_shared=phi_shared, commitment=commitment, quantize=quantize,
-        use_checkpointing=use_checkpointing, use_flash_attention=use_flash_attention,
+        commitment_cost=commitment_cost, phi_shared=phi_shared, commitment=commitment,
+        dead_code_threshold=dead_code_threshold, quantize=quantize, use_checkpointing=use_checkpointing,
+        use_flash_attention=use_flash_attention,
     )
 
 
@@ -177,6 +183,7 @@ def msvqgan_tiny(
     commitment_cost: float = 0.25,
     phi_shared: int = 2,
     commitment: str = "all",
+    dead_code_threshold: int = 0,
     use_checkpointing: bool = False,
     use_flash_attention: bool = False,
 ) -> MultiScaleVQGANTokenizer:
@@ -185,6 +192,7 @@ def msvqgan_tiny(
     return MultiScaleVQGANTokenizer(
         spatial_dims=spatial_dims, in_channels=in_channels, channels=(16, 32, 32), num_res_blocks=1,
         norm_num_groups=8, z_channels=32, embedding_dim=embedding_dim, num_embeddings=num_embeddings, scales=scales,
-        commitment_cost=commitment_cost, phi_shared=phi_shared, commitment=commitment, quantize=quantize,
-        use_checkpointing=use_checkpointing, use_flash_attention=use_flash_attention,
+        commitment_cost=commitment_cost, phi_shared=phi_shared, commitment=commitment,
+        dead_code_threshold=dead_code_threshold, quantize=quantize, use_checkpointing=use_checkpointing,
+        use_flash_attention=use_flash_attention,
     )

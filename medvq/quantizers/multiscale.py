@@ -25,7 +25,7 @@ activation code exists once.
 Limitations: as in VAR, phi also refines the last scale, so with ``phi_shared > 0`` even a codebook containing every
 residual gives ``f_hat != z`` (the residual ``r_last - phi(r_last)`` remains; phi and the decoder learn to absorb it);
 with ``phi_shared=0`` such a codebook reconstructs ``z`` exactly. The codebook is gradient-updated only (no EMA, no
-l2-normalised lookup, no dead-code revival); the nearest-code search is exact, O(N K D) per scale; ``spatial_dims`` is 2 or 3.
+l2-normalised lookup); dead codes can be revived (``dead_code_threshold``); the nearest-code search is exact, O(N K D) per scale; ``spatial_dims`` is 2 or 3.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from torch import nn
 from medvq.metrics.coverage import perplexity_from_counts
 from medvq.quantizers.search import DEFAULT_CHUNK_SIZE, nearest_codes
 from medvq.quantizers.vector_quantizer import ActivationReport, VectorQuantizer
+from medvq.utils.distributed import all_reduce_sum_
 
 __all__ = ["MultiScaleQuantizerOutput", "MultiScaleResidualQuantizer"]
 
@@ -137,6 +138,9 @@ class MultiScaleResidualQuantizer(nn.Module):
         kmeans_iterations: Lloyd iterations of :meth:`activate` with ``init="kmeans"``. Default 20.
         commitment: ``"all"`` (default, VAR's loss: the encoder commits to every running sum ``f_hat_k``) or
             ``"final"`` (only to the final ``f_hat``; the codebook and phi still learn from every running sum).
+        dead_code_threshold: while active and training, codes unused at every scale for this many consecutive steps
+            become random residuals of the current batch (:meth:`VectorQuantizer.revive_dead_codes`, DDP-consistent);
+            0 (default, VAR) disables it. ``codes.total_revived`` counts the revived codes.
 
     Example:
         >>> msq = MultiScaleResidualQuantizer(num_embeddings=16, embedding_dim=4, scales=(1, 2, 4), active=False)
@@ -159,6 +163,7 @@ class MultiScaleResidualQuantizer(nn.Module):
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         kmeans_iterations: int = 20,
         commitment: str = "all",
+        dead_code_threshold: int = 0,
     ) -> None:
         super().__init__()
         if spatial_dims not in _UP_MODES:
@@ -179,7 +184,7 @@ class MultiScaleResidualQuantizer(nn.Module):
         # chunk_size); its forward is never called
         self.codes = VectorQuantizer(
             num_embeddings, embedding_dim, commitment_cost=commitment_cost, active=active, chunk_size=chunk_size,
-            kmeans_iterations=kmeans_iterations,
+            kmeans_iterations=kmeans_iterations, dead_code_threshold=dead_code_threshold,
         )
         self.commitment_cost = float(commitment_cost)
         self.phis = nn.ModuleList(_Phi(spatial_dims, embedding_dim, phi_residual_ratio) for _ in range(phi_shared))
@@ -295,6 +300,11 @@ class MultiScaleResidualQuantizer(nn.Module):
             loss = loss / self.num_scales
             if self.commitment == "final":
                 loss = loss + self.commitment_cost * F.mse_loss(cascade.partial_sums[-1].detach(), z32)
+            if self.training and self.codes.dead_code_threshold > 0:
+                # after the loss, so this step's graph is unaffected; counts pooled over scales and ranks
+                counts = all_reduce_sum_(sum(torch.bincount(i.flatten(), minlength=self.num_embeddings)
+                                             for i in cascade.indices))
+                self.codes.revive_dead_codes(torch.cat(cascade.residuals), counts)
             f_hat = cascade.partial_sums[-1]
             # straight-through: the value of f_hat, the gradient of the identity to z
             quantized = z32 + (f_hat - z32).detach()

@@ -291,7 +291,7 @@ class VectorQuantizer(nn.Module):
             quantized = flat + (quantized - flat).detach()
             # 5. revive codes that stayed unused too long (after the loss, so this step's graph is unaffected)
             if self.training and self.dead_code_threshold > 0:
-                self._revive_dead_codes(flat.detach(), counts)
+                self.revive_dead_codes(flat.detach(), counts)
         quantized = quantized.view(*batch_shape, self.embedding_dim).movedim(-1, 1).to(z.dtype)  # (B, D, *S)
         return QuantizerOutput(quantized, indices.view(batch_shape), loss, perplexity)
 
@@ -310,7 +310,14 @@ class VectorQuantizer(nn.Module):
         self.weight.data.copy_(torch.where(size > self.epsilon, updated, self.weight.data).to(self.weight.dtype))
 
     @torch.no_grad()
-    def _revive_dead_codes(self, flat: torch.Tensor, counts: torch.Tensor) -> None:
+    def revive_dead_codes(self, flat: torch.Tensor, counts: torch.Tensor) -> None:
+        """One step of dead-code bookkeeping: codes unused (``counts == 0``) for ``dead_code_threshold`` consecutive
+        steps become random rows of ``flat``, taken from rank 0 so every rank keeps the same codebook.
+
+        Args:
+            flat: ``(N, D)`` vectors this step quantized (latents, or a multi-scale quantizer's residuals).
+            counts: ``(K,)`` code counts of this step, already summed over ranks.
+        """
         self.unused_steps.add_(1).masked_fill_(counts > 0, 0)
         dead = (self.unused_steps >= self.dead_code_threshold).nonzero().flatten()
         self.num_revived = int(dead.numel())

@@ -236,3 +236,25 @@ def test_next_scale_input_errors():
         msq.next_scale_input(1, torch.zeros(1, 3, 4, 4), idx)
     with pytest.raises(ValueError, match="f_hat must be None at the first scale"):
         msq.next_scale_input(0, torch.zeros(1, 3, 4, 4), idx)
+
+
+def test_dead_codes_are_revived_from_the_residuals():
+    torch.manual_seed(0)
+    msq = _make(2, (1, 2, 4), dead_code_threshold=2)
+    with torch.no_grad():
+        msq.codes.weight.data[8:] = 1e3  # codes 8..15 are far from every residual: never used
+    z = torch.randn(4, 3, 4, 4)
+    msq.train()
+    msq(z)
+    assert msq.codes.num_revived == 0 and int(msq.codes.unused_steps[8:].min()) == 1
+    with torch.no_grad():
+        residuals = torch.cat(msq._cascade(z, use_codebook=True).residuals)  # what the next step quantizes
+    out = msq(z)  # a second step without use: the far codes come back as residuals of this batch
+    assert msq.codes.num_revived >= 8 and int(msq.codes.total_revived) == msq.codes.num_revived
+    for code in msq.codes.weight.detach()[8:]:
+        assert (residuals - code).abs().amax(dim=1).min() == 0  # every revived code is one of the residuals
+    assert out.loss.requires_grad  # the step's graph is intact
+    msq.eval()
+    before = int(msq.codes.total_revived)
+    msq(z)
+    assert int(msq.codes.total_revived) == before  # no bookkeeping in eval mode
