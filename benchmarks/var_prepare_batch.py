@@ -12,10 +12,9 @@ ratio is what a user sees per iteration. One warm-up call, then the median of ``
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from _timing import median_seconds
 
 from medvq.engines import VARPrepareBatch
 from medvq.losses import NextScaleLoss
@@ -25,22 +24,6 @@ from medvq.networks import msvqgan_f16, msvqgan_tiny, var_d16, var_tiny
 TOKENIZERS = {"tiny": (msvqgan_tiny, 64, 256, 8), "f16": (msvqgan_f16, 256, 4096, 32)}
 GENERATORS = {"tiny": var_tiny, "d16": var_d16}
 VAR_SCALES = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
-
-
-def _median_seconds(fn, device: torch.device, repeats: int) -> float:
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -73,10 +56,10 @@ def main() -> None:
         loss_fn(generator(x, condition), target).backward()
         optimizer.step()
 
-    prep_tokens = _median_seconds(lambda: prepare(from_tokens, device), device, args.repeats)
-    prep_images = _median_seconds(lambda: prepare(from_images, device), device, args.repeats)
-    step_tokens = _median_seconds(lambda: step(from_tokens), device, args.repeats)
-    step_images = _median_seconds(lambda: step(from_images), device, args.repeats)
+    prep_tokens = median_seconds(lambda: prepare(from_tokens, device), device, args.repeats)
+    prep_images = median_seconds(lambda: prepare(from_images, device), device, args.repeats)
+    step_tokens = median_seconds(lambda: step(from_tokens), device, args.repeats)
+    step_images = median_seconds(lambda: step(from_images), device, args.repeats)
     print(f"stage-2 input: tokenizer={args.tokenizer} ({size} px, {tokens.shape[1]} tokens/image), "
           f"generator={args.generator}, batch={args.batch}, device={device} "
           f"({torch.get_num_threads()} threads), median of {args.repeats}")

@@ -13,32 +13,15 @@ batch. Tokens/s counts the 680 tokens of each generated image; the ratio is unca
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from _timing import median_seconds
 
 from medvq.networks import VAR_SCALE_LENGTHS, sample_var, var_d16, var_tiny
 from medvq.quantizers import MultiScaleResidualQuantizer
 
 VAR_SCALES = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 SIZES = {"tiny": (var_tiny, 256, 8), "d16": (var_d16, 4096, 32)}  # builder, codebook size V, code dimension D
-
-
-def _time(fn, device: torch.device, repeats: int) -> float:
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    fn()  # warm-up (allocator, kernels)
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -75,7 +58,7 @@ def main() -> None:
             sample_var(var, quantizer, condition, guidance=args.guidance, top_k=args.top_k, generator=generator,
                        use_kv_cache=use_kv_cache)
 
-        results[use_kv_cache] = _time(run, device, args.repeats)
+        results[use_kv_cache] = median_seconds(run, device, args.repeats)
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"VAR sampling: size={args.size} ({var.num_parameters / 1e6:.2f} M parameters), batch={args.batch}, "
