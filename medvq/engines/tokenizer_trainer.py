@@ -165,7 +165,8 @@ class TokenizerTrainer(Trainer):
         # skip Trainer.run (it would create torch.cuda.amp.GradScaler); Workflow.run handles the rest
         super(Trainer, self).run()
 
-    def _autocast(self) -> torch.autocast:
+    def autocast(self) -> torch.autocast:
+        """The trainer's one autocast context (disabled without ``amp``); the deferred switch collects under it."""
         return torch.autocast(self.autocast_device, dtype=self.amp_dtype, enabled=self.use_amp)
 
     def _step(self, loss: torch.Tensor, optimizer: Optimizer, scaler: torch.amp.GradScaler, parameters) -> torch.Tensor:
@@ -193,20 +194,23 @@ class TokenizerTrainer(Trainer):
 
         # 1. generator forward: reconstruction, VQ terms, reconstruction terms
         engine.optimizer.zero_grad(set_to_none=True)
-        with engine._autocast():
+        with engine.autocast():
             output = engine.inferer(images, network, return_output=True)
         reconstruction = output.reconstruction
         rec = engine.reconstruction_loss(reconstruction, images)
         vq_loss = output.quantizer.loss.float()
         g_adv, weight = zero, zero
-        # 2. adversarial term with VQGAN's adaptive weight (after discriminator_start only). The discriminator is
-        # frozen and called unwrapped here: no gradient lands in its parameters and, under DDP, its reducer stays idle
+        # 2. adversarial term with VQGAN's adaptive weight (after discriminator_start only), as taming's
+        # VQLPIPSWithDiscriminator: the discriminator in train mode (normalization layers use this batch of
+        # reconstructions alone) on the reconstructions. It is called unwrapped with its parameters frozen, which gives
+        # the generator the same gradient as taming's call while no gradient lands in the discriminator and, under
+        # DDP, its reducer stays idle
         if use_adversarial:
             critic = unwrap_model(engine.discriminator)
-            critic.eval()  # no BatchNorm statistics update from the generator's pass
+            critic.train()
             critic.requires_grad_(False)
             try:
-                with engine._autocast():
+                with engine.autocast():
                     g_adv = generator_loss(critic(reconstruction), engine.adversarial_criterion)
                 weight = engine.adversarial_weight * adaptive_adversarial_weight(rec.total, g_adv, tokenizer.last_layer)
             finally:
@@ -215,15 +219,17 @@ class TokenizerTrainer(Trainer):
         # 3. generator update (scaled, unscaled, clipped)
         grad_norm = engine._step(loss, engine.optimizer, engine.g_scaler, network.parameters())
 
-        # 4. discriminator update on real images and detached reconstructions, in ONE forward pass (a DDP module must
-        # not run forward twice before its backward)
+        # 4. discriminator update, as taming: real images and detached reconstructions in two separate calls, so
+        # normalization layers never mix real and fake statistics. Two forward passes of a DDP module before one
+        # backward are fine without find_unused_parameters: autograd sums each parameter's two gradient
+        # contributions before its hook fires once (tests/bundles: torchrun gloo)
         d_loss, d_grad_norm = zero, zero
         if use_adversarial:
             engine.discriminator.train()
             engine.d_optimizer.zero_grad(set_to_none=True)
-            with engine._autocast():
-                logits = engine.discriminator(torch.cat([images, reconstruction.detach()]))[-1]  # (2B, 1, *patches)
-                real_logits, fake_logits = logits.chunk(2)
+            with engine.autocast():
+                real_logits = engine.discriminator(images.detach())[-1]  # (B, 1, *patches)
+                fake_logits = engine.discriminator(reconstruction.detach())[-1]
                 d_loss = discriminator_loss(real_logits, fake_logits, engine.adversarial_criterion)
             d_grad_norm = engine._step(d_loss, engine.d_optimizer, engine.d_scaler, engine.discriminator.parameters())
 

@@ -81,3 +81,34 @@ def test_constructor_errors():
         TokenizerTrainer("cpu", 1, _data(), net, opt, loss, discriminator_start=-1)
     with pytest.raises(ValueError, match="grad_clip_norm must be > 0 or None"):
         TokenizerTrainer("cpu", 1, _data(), net, opt, loss, grad_clip_norm=0)
+
+
+def test_discriminator_call_pattern_follows_taming():
+    """taming's VQLPIPSWithDiscriminator: D in train mode on the reconstructions for the generator's term; real and
+    fake in two separate calls for D's own loss (BatchNorm never mixes real and fake statistics)."""
+    from medvq.losses import discriminator_loss
+
+    trainer = _trainer(start=0, data=_data(n=1))
+    d = trainer.discriminator
+    calls = []
+
+    def spy(module, args, output):
+        calls.append({"training": module.training, "batch": args[0].shape[0], "input": args[0].detach().clone(),
+                      "logits": output[-1].detach().clone(), "frozen": not any(p.requires_grad for p in d.parameters())})
+
+    d.register_forward_hook(spy)
+    outputs = _record(trainer)
+    trainer.run()
+    assert len(calls) == 3
+    g_call, real_call, fake_call = calls
+    images = trainer.data_loader[0]["image"]
+    # 1. generator term: train mode, the reconstructions alone, D frozen; g_adv = -mean(D(x_hat)) (hinge)
+    assert g_call["training"] and g_call["batch"] == 4 and g_call["frozen"]
+    assert float(outputs[0][TokenizerKeys.GENERATOR_ADV]) == pytest.approx(-float(g_call["logits"].mean()), rel=1e-6)
+    # 2. discriminator: real images, then the same reconstructions detached, separately and in train mode
+    assert real_call["training"] and fake_call["training"] and real_call["batch"] == fake_call["batch"] == 4
+    assert torch.equal(real_call["input"], images)
+    torch.testing.assert_close(fake_call["input"], g_call["input"])
+    expected = discriminator_loss(real_call["logits"], fake_call["logits"])
+    assert float(outputs[0][TokenizerKeys.DISCRIMINATOR]) == pytest.approx(float(expected), rel=1e-6)
+    assert not real_call["frozen"] and not fake_call["frozen"]
