@@ -6,6 +6,23 @@ latents (k-means) and quantization starts ("Early Quantization Shrinks Codebook"
 quantizer (one with ``collect_residuals``) gets the exact residual pyramid of those latents instead: the vectors its
 codes will quantize. With ``start=0`` it fires before the first iteration, on the untrained encoder: the ``kmeans_at_start`` baseline.
 
+At the switch the optimizer state of the quantizer's parameters (the codebook and, multi-scale, the phi convolutions)
+is dropped, so the quantized phase starts them with a fresh optimizer: before activation they received gradients of
+exactly 0, which advance Adam's step counter while its moments stay 0, and the first updates after the switch would
+then be several times a fresh Adam's and move the k-means codebook right after it is born. Latents are collected
+under the engine's autocast (``TokenizerTrainer.autocast``) so the codebook is born from the latents training will
+quantize (bf16 changes a few percent of the tokens otherwise). Under DDP each rank collects its share of
+``num_samples`` from the images its sampler gives it, so all ranks together collect ``num_samples``.
+
+``start="auto"`` picks the switch point from the encoder itself, the rule of "Continuous First, Discrete Later"
+(arXiv 2605.06870): every ``auto_every`` (``unit``) it measures the effective dimension of the latents of a fixed
+probe of training images (:func:`medvq.metrics.effective_dimension`, exp-entropy of the normalised covariance
+spectrum), and switches once it has not grown by more than ``auto_tolerance`` (relative) over its best value for
+``auto_patience`` checks in a row, no earlier than ``auto_min`` and at the latest at ``auto_max``. The chosen step,
+the measured curve and the rule's settings go into ``engine.state.deferred_switch``, ``run_info.json``
+(``run_info_dir``) and TensorBoard (``summary_writer``: ``switch/latent_effective_dim`` per check,
+``switch/iteration`` once). A resumed run restarts the patience count (the curve is not checkpointed).
+
 It fires exactly once. Whether it has fired is the quantizer's ``active`` flag, which lives in the network's state
 dict: a run resumed from a checkpoint saved after the switch never fires again, and one resumed from before the switch
 fires when it reaches ``start`` (or at once, if it is already past it) — never skipped, never repeated.
@@ -17,13 +34,15 @@ import logging
 import math
 import time
 from collections.abc import Iterable
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
 from ignite.engine import Engine, Events
 from torch import nn
+from torch.optim import Optimizer
 
-from medvq.utils.distributed import all_reduce_sum_, rank, unwrap_model, world_size
+from medvq.utils.distributed import all_reduce_sum_, broadcast_, rank, unwrap_model, world_size
 
 if TYPE_CHECKING:
     from medvq.quantizers import ActivationReport
@@ -50,15 +69,30 @@ class DeferredQuantizationHandler:
         data_loader: where the latents come from; default the engine's training data loader.
         image_key: key of the images in a batch. Default ``"image"``.
         max_batches: stop collecting after this many batches per rank; default: one pass over ``data_loader``.
+        optimizer: the optimizer whose state of the quantizer's parameters is reset at the switch; default the
+            engine's ``optimizer`` attribute (MONAI trainers have one). Give it when the engine has none (a plain
+            Ignite engine); without either, the handler warns that stale state is kept.
+        auto_every: with ``start="auto"``, measure every this many ``unit``. Default 1.
+        auto_patience: checks in a row without growth before the switch. Default 2.
+        auto_tolerance: growth below ``auto_tolerance * best`` counts as none. Default 0.02.
+        auto_min, auto_max: earliest and latest switch (``unit``); ``auto_max`` None means no latest. Default 1, None.
+        auto_probe_images: training images (the first ones of ``data_loader``) whose latents are measured. Default 64.
+        summary_writer: optional TensorBoard ``SummaryWriter`` for the switch scalars.
+        run_info_dir: optional folder whose ``run_info.json`` gets a ``"switch"`` entry (rank 0 only).
+        warmup_iterations: after the switch, scale every learning rate of the optimizer by ``i / N`` for the first
+            ``N`` optimizer steps (``i = 1 .. N``), on top of any scheduler (through the optimizer's step hooks, which
+            restore the scheduler's rate after each step). The decoder suddenly sees quantized latents at the switch,
+            and full-rate steps then move the encoder's residuals away from the codes just born. 0 (default) = none.
+            Not checkpointed: a run resumed inside the warm-up continues at full rate.
 
     After the switch, ``engine.state.deferred_switch`` holds a dict (iteration, epoch, num_samples, init, inertia,
-    seconds, usage), which is also logged.
+    seconds, usage, reset_parameters), which is also logged.
     """
 
     def __init__(
         self,
         network: nn.Module,
-        start: int | None,
+        start: int | str | None,
         unit: str = "iterations",
         num_samples: int = 65536,
         init: str = "kmeans",
@@ -66,11 +100,33 @@ class DeferredQuantizationHandler:
         data_loader: Iterable | None = None,
         image_key: str = "image",
         max_batches: int | None = None,
+        optimizer: Optimizer | None = None,
+        auto_every: int = 1,
+        auto_patience: int = 2,
+        auto_tolerance: float = 0.02,
+        auto_min: int = 1,
+        auto_max: int | None = None,
+        auto_probe_images: int = 64,
+        summary_writer: Any = None,
+        run_info_dir: str | None = None,
+        warmup_iterations: int = 0,
     ) -> None:
         if unit not in _UNITS:
             raise ValueError(f"unit must be one of {_UNITS}, got {unit!r}.")
-        if start is not None and (isinstance(start, bool) or not isinstance(start, int) or start < 0):
-            raise ValueError(f"start must be an integer >= 0 ({unit}) or None, got {start!r}.")
+        if start is not None and start != "auto" and (isinstance(start, bool) or not isinstance(start, int)
+                                                      or start < 0):
+            raise ValueError(f"start must be an integer >= 0 ({unit}), 'auto' or None, got {start!r}.")
+        for name, value in (("auto_every", auto_every), ("auto_patience", auto_patience), ("auto_min", auto_min),
+                            ("auto_probe_images", auto_probe_images)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+        if auto_max is not None and (isinstance(auto_max, bool) or not isinstance(auto_max, int)
+                                     or auto_max < auto_min):
+            raise ValueError(f"auto_max must be None or an integer >= auto_min ({auto_min}), got {auto_max!r}.")
+        if isinstance(warmup_iterations, bool) or not isinstance(warmup_iterations, int) or warmup_iterations < 0:
+            raise ValueError(f"warmup_iterations must be an integer >= 0 (0 = none), got {warmup_iterations!r}.")
+        if not 0 <= auto_tolerance < 1:
+            raise ValueError(f"auto_tolerance must be in [0, 1), got {auto_tolerance!r}.")
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples!r}.")
         if max_batches is not None and max_batches < 1:
@@ -86,6 +142,21 @@ class DeferredQuantizationHandler:
         self.data_loader = data_loader
         self.image_key = image_key
         self.max_batches = max_batches
+        self.optimizer = optimizer
+        self.auto_every = auto_every
+        self.auto_patience = auto_patience
+        self.auto_tolerance = float(auto_tolerance)
+        self.auto_min = auto_min
+        self.auto_max = auto_max
+        self.auto_probe_images = auto_probe_images
+        self.summary_writer = summary_writer
+        self.run_info_dir = run_info_dir
+        self.warmup_iterations = warmup_iterations
+        self._warmup_hooks: list[Any] = []
+        self.curve: list[tuple[int, int, float]] = []  # (iteration, progress in unit, effective dimension)
+        self._probe: torch.Tensor | None = None
+        self._best = -math.inf
+        self._stalled = 0
         self.logger = logging.getLogger(__name__)
 
     @property
@@ -105,26 +176,99 @@ class DeferredQuantizationHandler:
         if self.fired:
             return
         progress = engine.state.iteration if self.unit == "iterations" else engine.state.epoch
-        if progress < self.start:
+        if self.start == "auto":
+            if progress < 1 or progress % self.auto_every:
+                return  # STARTED (progress 0) and the steps between checks
+            if not self._auto_says_switch(engine, progress):
+                return
+        elif progress < self.start:
             return
         self.switch(engine)
 
+    # ------------------------------------------------------------------------------------------- the auto rule
+    @torch.no_grad()
+    def latent_effective_dimension(self, engine: Engine) -> float:
+        """Effective dimension of the current encoder's latents of the probe images (the first
+        ``auto_probe_images`` of the data loader, fixed at the first call)."""
+        from medvq.metrics.coverage import effective_dimension  # metrics imports quantizers: import late
+
+        tokenizer = unwrap_model(self.network)
+        device = next(tokenizer.parameters()).device
+        if self._probe is None:
+            loader = self.data_loader if self.data_loader is not None else engine.data_loader
+            parts, count = [], 0
+            for batch in loader:
+                images = batch[self.image_key] if isinstance(batch, dict) else batch[0]
+                images = images.as_tensor() if hasattr(images, "as_tensor") else images
+                parts.append(images.detach().float().cpu())
+                count += images.shape[0]
+                if count >= self.auto_probe_images:
+                    break
+            self._probe = torch.cat(parts)[: self.auto_probe_images]
+        autocast = engine.autocast() if callable(getattr(engine, "autocast", None)) else nullcontext()
+        was_training = tokenizer.training
+        tokenizer.eval()
+        try:
+            latents = []
+            for chunk in self._probe.split(16):
+                with autocast:
+                    z = tokenizer.encode(chunk.to(device))  # (b, D, *spatial)
+                latents.append(z.float().movedim(1, -1).reshape(-1, z.shape[1]))  # (b * prod(spatial), D)
+        finally:
+            tokenizer.train(was_training)
+        return effective_dimension(torch.cat(latents))
+
+    def _auto_says_switch(self, engine: Engine, progress: int) -> bool:
+        dim = self.latent_effective_dimension(engine)
+        self.curve.append((int(engine.state.iteration), int(progress), dim))
+        if self.summary_writer is not None and rank() == 0:
+            self.summary_writer.add_scalar("switch/latent_effective_dim", dim, engine.state.iteration)
+        grew = dim > self._best * (1.0 + self.auto_tolerance)
+        self._best = max(self._best, dim)
+        self._stalled = 0 if grew else self._stalled + 1
+        decide = (self.auto_max is not None and progress >= self.auto_max) or (
+            progress >= self.auto_min and self._stalled >= self.auto_patience)
+        # rank 0 decides for all: ranks see different probe images, and every rank must enter the switch together
+        flag = broadcast_(torch.tensor([float(decide)], device=next(unwrap_model(self.network).parameters()).device))
+        return bool(flag.item() > 0)
+
     # ------------------------------------------------------------------------------------------------ the switch
+    def _rank_quota(self) -> int:
+        """This rank's share of ``num_samples``: the shares of all ranks add up to exactly ``num_samples``."""
+        size, me = world_size(), rank()
+        return self.num_samples // size + int(me < self.num_samples % size)
+
+    def _images_per_pass(self, loader: Iterable) -> int | None:
+        """Images this rank sees in one collection pass (its sampler's share, whole batches, ``max_batches``)."""
+        try:
+            sampler = getattr(loader, "sampler", None)
+            # under a DistributedSampler len(sampler) is this rank's share; len(dataset) would be all ranks' images
+            count = len(sampler) if sampler is not None else len(loader.dataset)  # type: ignore[attr-defined,arg-type]
+        except (AttributeError, TypeError):
+            return None
+        batch_size = getattr(loader, "batch_size", None)
+        if batch_size:
+            if getattr(loader, "drop_last", False):
+                count = (count // batch_size) * batch_size
+            if self.max_batches is not None:
+                count = min(count, self.max_batches * batch_size)
+        return count or None
+
     @torch.no_grad()
     def collect_latents(self, engine: Engine) -> torch.Tensor:
-        """``(n, D)`` latents of the current encoder over this rank's share of the data (n <= num_samples / ranks)."""
+        """``(n, D)`` latents of the current encoder over this rank's share of the data (n <= this rank's quota of
+        ``num_samples``; the quotas of all ranks add up to ``num_samples``)."""
         tokenizer = unwrap_model(self.network)
         loader = self.data_loader if self.data_loader is not None else engine.data_loader
         device = engine.state.device if getattr(engine.state, "device", None) is not None else next(
             tokenizer.parameters()).device
-        per_rank = math.ceil(self.num_samples / world_size())
-        # latents kept per image: an even share of the pass, so that every image contributes (spatially
-        # neighbouring latents are correlated; many images beat many positions of a few images)
-        try:
-            num_images = len(loader.dataset)  # type: ignore[attr-defined]
-        except (AttributeError, TypeError):
-            num_images = None
+        quota = self._rank_quota()
+        # latents kept per image: an even share of the pass (twice the quota, subsampled below), so that every image
+        # contributes (spatially neighbouring latents are correlated; many images beat many positions of a few)
+        num_images = self._images_per_pass(loader)
         generator = torch.Generator().manual_seed(self.seed + 7919 * rank())  # a different subset per rank
+        # the latents training quantizes: under the trainer's autocast when it has one (bf16 changes tokens)
+        autocast = engine.autocast() if callable(getattr(engine, "autocast", None)) else nullcontext()
         was_training = tokenizer.training
         tokenizer.eval()
         chunks, collected, batches = [], 0, 0
@@ -132,7 +276,9 @@ class DeferredQuantizationHandler:
             for batch in loader:
                 images = batch[self.image_key] if isinstance(batch, dict) else batch[0]
                 images = images.as_tensor() if hasattr(images, "as_tensor") else images
-                latents = tokenizer.encode(images.to(device).float())  # (B, D, *spatial)
+                with autocast:
+                    latents = tokenizer.encode(images.to(device).float())  # (B, D, *spatial)
+                latents = latents.float()  # as the quantizer's forward sees them (it computes in float32)
                 if hasattr(tokenizer.quantizer, "collect_residuals"):
                     # multi-scale quantizer: its codes quantize the residual pyramid, not the latents themselves
                     flat = tokenizer.quantizer.collect_residuals(latents)  # (B * T, D), image by image
@@ -140,7 +286,7 @@ class DeferredQuantizationHandler:
                 else:
                     flat = latents.movedim(1, -1).reshape(latents.shape[0], -1, latents.shape[1])  # (B, T, D)
                 if num_images:
-                    keep = min(flat.shape[1], max(1, math.ceil(2 * per_rank / num_images)))
+                    keep = min(flat.shape[1], max(1, math.ceil(2 * quota / num_images)))
                     pick = torch.rand(flat.shape[:2], generator=generator).argsort(dim=1)[:, :keep]  # (B, keep)
                     flat = torch.gather(flat, 1, pick.to(flat.device)[..., None].expand(-1, -1, flat.shape[2]))
                 flat = flat.reshape(-1, flat.shape[-1]).float()  # (B * keep, D)
@@ -149,17 +295,57 @@ class DeferredQuantizationHandler:
                 batches += 1
                 if self.max_batches is not None and batches >= self.max_batches:
                     break
-                if num_images is None and collected >= per_rank:
+                if num_images is None and collected >= quota:
                     break
         finally:
             tokenizer.train(was_training)
         if not chunks:
             raise RuntimeError("the deferred-quantization switch found no batches in its data loader.")
         samples = torch.cat(chunks)
-        if samples.shape[0] > per_rank:
-            subset = torch.randperm(samples.shape[0], generator=generator)[:per_rank]
+        if samples.shape[0] > quota:
+            subset = torch.randperm(samples.shape[0], generator=generator)[:quota]
             samples = samples[subset.to(samples.device)]
         return samples
+
+    def _start_warmup(self, optimizer: Optimizer | None) -> None:
+        if optimizer is None:
+            self.logger.warning("deferred quantization: no optimizer for the post-switch warm-up (pass optimizer=).")
+            return
+        steps, saved = [0], []
+
+        def before(opt: Optimizer, args: Any, kwargs: Any) -> None:
+            steps[0] += 1
+            factor = min(1.0, steps[0] / self.warmup_iterations)
+            saved[:] = [group["lr"] for group in opt.param_groups]
+            for group in opt.param_groups:
+                group["lr"] = group["lr"] * factor
+
+        def after(opt: Optimizer, args: Any, kwargs: Any) -> None:
+            for group, lr in zip(opt.param_groups, saved):
+                group["lr"] = lr  # what the scheduler set, for the scheduler's next step
+            if steps[0] >= self.warmup_iterations:
+                for hook in self._warmup_hooks:
+                    hook.remove()
+                self._warmup_hooks.clear()
+
+        self._warmup_hooks = [optimizer.register_step_pre_hook(before), optimizer.register_step_post_hook(after)]
+
+    def reset_optimizer_state(self, engine: Engine) -> int:
+        """Drop the optimizer state of the quantizer's parameters (they start the quantized phase as with a fresh
+        optimizer); returns the number of parameters reset."""
+        optimizer = self.optimizer if self.optimizer is not None else getattr(engine, "optimizer", None)
+        params = list(unwrap_model(self.network).quantizer.parameters())
+        if optimizer is None:
+            if params:
+                self.logger.warning(
+                    "deferred quantization: no optimizer to reset (pass optimizer= to DeferredQuantizationHandler); "
+                    "the quantizer's parameters keep the optimizer state of the continuous phase.")
+            return 0
+        reset = 0
+        for p in params:
+            if optimizer.state.pop(p, None) is not None:
+                reset += 1
+        return reset
 
     def switch(self, engine: Engine) -> ActivationReport:
         """Collect latents and activate the quantizer now (called by the handler at ``start``)."""
@@ -174,6 +360,9 @@ class DeferredQuantizationHandler:
                 "num_embeddings."
             )
         report = quantizer.activate(samples, init=self.init, seed=self.seed)
+        reset = self.reset_optimizer_state(engine)
+        if self.warmup_iterations > 0:
+            self._start_warmup(self.optimizer if self.optimizer is not None else getattr(engine, "optimizer", None))
         info: dict[str, Any] = {
             "iteration": engine.state.iteration,
             "epoch": engine.state.epoch,
@@ -183,13 +372,29 @@ class DeferredQuantizationHandler:
             "kmeans_seconds": report.seconds,
             "collect_seconds": time.perf_counter() - started - report.seconds,
             "usage": report.usage,
+            "reset_parameters": reset,
+            "rule": "auto" if self.start == "auto" else "fixed",
         }
+        if self.start == "auto":
+            info["auto"] = {"every": self.auto_every, "patience": self.auto_patience,
+                            "tolerance": self.auto_tolerance, "min": self.auto_min, "max": self.auto_max,
+                            "unit": self.unit, "probe_images": self.auto_probe_images,
+                            "curve": [{"iteration": i, self.unit: p, "latent_effective_dim": d}
+                                      for i, p, d in self.curve]}
         engine.state.deferred_switch = info
-        self.logger.info(
+        if rank() == 0:
+            if self.summary_writer is not None:
+                self.summary_writer.add_scalar("switch/iteration", info["iteration"], info["iteration"])
+            if self.run_info_dir is not None:
+                from medvq.report.run_info import update_run_info  # report imports engines: import late
+
+                update_run_info(self.run_info_dir, switch=info)
+        log = self.logger.info if rank() == 0 else self.logger.debug  # one line per run, not one per DDP rank
+        log(
             "deferred quantization: codebook of %d codes born at iteration %d (epoch %d) from %d latents by %s in "
-            "%.1f s (collecting %.1f s); usage on those latents %.3f",
+            "%.1f s (collecting %.1f s); usage on those latents %.3f; fresh optimizer state for %d quantizer parameters",
             quantizer.num_embeddings, info["iteration"], info["epoch"], info["num_samples"], info["init"],
-            info["kmeans_seconds"], info["collect_seconds"], info["usage"],
+            info["kmeans_seconds"], info["collect_seconds"], info["usage"], reset,
         )
         return report
 

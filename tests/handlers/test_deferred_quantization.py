@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from ignite.engine import Events
@@ -9,7 +11,7 @@ from ignite.engine import Events
 from medvq.engines import TokenizerKeys, TokenizerTrainer
 from medvq.handlers import DeferredQuantizationHandler
 from medvq.losses import ReconstructionLoss
-from medvq.networks import vqgan_tiny
+from medvq.networks import msvqgan_tiny, vqgan_tiny
 
 
 def _setup(epochs=2, n=4, quantize=False, num_embeddings=32):
@@ -102,7 +104,197 @@ def test_constructor_errors():
     net = vqgan_tiny()
     with pytest.raises(ValueError, match="unit must be one of"):
         DeferredQuantizationHandler(net, start=1, unit="steps")
-    with pytest.raises(ValueError, match="start must be an integer >= 0 .* or None"):
+    with pytest.raises(ValueError, match="start must be an integer >= 0 .*, 'auto' or None"):
         DeferredQuantizationHandler(net, start=-1)
     with pytest.raises(ValueError, match="init must be 'kmeans' or 'samples'"):
         DeferredQuantizationHandler(net, start=1, init="random")
+    with pytest.raises(ValueError, match="auto_patience must be an integer >= 1"):
+        DeferredQuantizationHandler(net, start="auto", auto_patience=0)
+    with pytest.raises(ValueError, match="auto_max must be None or an integer >= auto_min"):
+        DeferredQuantizationHandler(net, start="auto", auto_min=5, auto_max=3)
+    with pytest.raises(ValueError, match="auto_tolerance must be in"):
+        DeferredQuantizationHandler(net, start="auto", auto_tolerance=1.5)
+
+
+# ---------------------------------------------------------------------------------------- fresh optimizer state
+def _plain_engine(net, optimizer, x, record):
+    """A plain Ignite engine (no ``optimizer`` attribute) training ``net`` on ``x``; ``record`` gets the codebook's
+    gradient and update of every step."""
+    from ignite.engine import Engine
+
+    def step(engine, batch):
+        optimizer.zero_grad()
+        out = net(batch["image"], return_output=True)
+        loss = (out.reconstruction - batch["image"]).abs().mean() + out.quantizer.loss
+        loss.backward()
+        weight = net.quantizer.weight
+        before, grad = weight.detach().clone(), weight.grad.detach().clone()
+        optimizer.step()
+        record.append((grad, weight.detach() - before))
+        return loss.detach()
+
+    return Engine(step)
+
+
+@pytest.mark.parametrize("betas", [(0.5, 0.9), (0.9, 0.999)])
+def test_first_update_after_the_switch_is_a_fresh_optimizers(betas):
+    torch.manual_seed(0)
+    net = vqgan_tiny(num_embeddings=32, embedding_dim=4, quantize=False)
+    lr, eps = 1e-3, 1e-8
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr, betas=betas, eps=eps)
+    g = torch.Generator().manual_seed(0)
+    data = [{"image": torch.rand(4, 3, 16, 16, generator=g) * 2 - 1} for _ in range(6)]
+    record = []
+    engine = _plain_engine(net, optimizer, data, record)
+    handler = DeferredQuantizationHandler(net, start=3, num_samples=256, data_loader=data, optimizer=optimizer)
+    handler.attach(engine)
+    engine.run(data, max_epochs=1)
+    # before the switch the codebook got gradients of exactly 0 (not None): Adam counted those steps
+    assert all(float(grad.abs().max()) == 0.0 for grad, _ in record[:3])
+    assert engine.state.deferred_switch["reset_parameters"] == 1
+    # a fresh Adam's first step is -lr * m_hat / (sqrt(v_hat) + eps) with m_hat = g, v_hat = g^2
+    grad, update = record[3]
+    fresh = -lr * grad / (grad.abs() + eps)
+    torch.testing.assert_close(update, fresh, rtol=1e-4, atol=1e-7)  # float32 rounding at |w| ~ 1; stale: ~2e-4 off
+
+
+@pytest.mark.parametrize("betas,zero_steps", [((0.5, 0.9), 100), ((0.9, 0.999), 1000)])
+def test_without_the_reset_the_first_update_would_be_larger(betas, zero_steps):
+    """The defect the reset fixes, measured: after t - 1 zero-gradient steps Adam's first real step is
+    ``[(1 - b1) / (1 - b1^t)] / sqrt[(1 - b2) / (1 - b2^t)]`` times a fresh Adam's (1.58x and 2.51x here)."""
+    b1, b2 = betas
+    p = torch.nn.Parameter(torch.zeros(5))
+    stale = torch.optim.Adam([p], lr=1e-3, betas=betas, eps=1e-12)
+    for _ in range(zero_steps):
+        p.grad = torch.zeros(5)
+        stale.step()
+    p.grad = torch.linspace(0.1, 1.0, 5)
+    before = p.detach().clone()
+    stale.step()
+    t = zero_steps + 1
+    expected = ((1 - b1) / (1 - b1**t)) / math.sqrt((1 - b2) / (1 - b2**t))
+    ratio = (p.detach() - before).abs() / 1e-3
+    torch.testing.assert_close(ratio, torch.full((5,), expected), rtol=1e-4, atol=0)
+    assert expected > 1.5
+
+
+def test_trainer_optimizer_is_reset_by_default():
+    net, trainer, _ = _setup()
+    DeferredQuantizationHandler(net, start=3, num_samples=256).attach(trainer)
+    states = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=4),
+                              lambda e: states.append(int(e.optimizer.state[net.quantizer.weight]["step"])))
+    trainer.run()
+    assert trainer.state.deferred_switch["reset_parameters"] == 1
+    assert states == [1]  # one step since the switch, not four
+
+
+def test_plain_engine_without_optimizer_warns(caplog):
+    from ignite.engine import Engine
+
+    torch.manual_seed(0)
+    net = vqgan_tiny(num_embeddings=16, embedding_dim=4, quantize=False)
+    data = [{"image": torch.rand(4, 3, 16, 16) * 2 - 1}]
+    engine = Engine(lambda e, b: None)
+    DeferredQuantizationHandler(net, start=1, num_samples=64, data_loader=data).attach(engine)
+    with caplog.at_level("WARNING"):
+        engine.run(data, max_epochs=1)
+    assert "no optimizer to reset (pass optimizer=" in caplog.text
+    assert engine.state.deferred_switch["reset_parameters"] == 0
+
+
+# ---------------------------------------------------------------------------------------- AMP
+def test_latents_are_collected_as_bf16_training_sees_them():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    data = [{"image": torch.rand(4, 3, 16, 16, generator=g) * 2 - 1} for _ in range(2)]
+    net = vqgan_tiny(num_embeddings=16, embedding_dim=4, quantize=False)
+    trainer = TokenizerTrainer("cpu", 1, data, net, torch.optim.Adam(net.parameters(), 1e-3), ReconstructionLoss(),
+                               amp=True)
+    handler = DeferredQuantizationHandler(net, start=1, num_samples=64, init="samples")
+    trainer.state.device = None
+    samples = handler.collect_latents(trainer)
+    # quant_conv under bf16 autocast returns bf16: every collected value is exactly a bf16 number
+    assert torch.equal(samples, samples.bfloat16().float())
+    with torch.no_grad():
+        fp32 = net.encode(data[0]["image"])
+    assert not torch.equal(fp32, fp32.bfloat16().float())  # an fp32 collection would not be
+
+
+# ---------------------------------------------------------------------------------------- auto switch
+def _auto_run(tmp_path, dims, **kwargs):
+    from torch.utils.tensorboard import SummaryWriter
+
+    net, trainer, active = _setup(epochs=3)  # 12 iterations
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    handler = DeferredQuantizationHandler(net, start="auto", num_samples=256, summary_writer=writer,
+                                          run_info_dir=str(tmp_path), **kwargs)
+    values = iter(dims)
+    handler.latent_effective_dimension = lambda engine: next(values)
+    handler.attach(trainer)
+    trainer.run()
+    writer.close()
+    return handler, trainer, active
+
+
+def test_auto_switches_once_the_effective_dimension_stops_growing(tmp_path):
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # growth, growth, then +1% twice (below the 2% tolerance): patience 2 is reached at the 5th check
+    dims = [2.0, 2.5, 3.0, 3.03, 3.05] + [3.1] * 10
+    handler, trainer, active = _auto_run(tmp_path, dims, auto_every=2, auto_patience=2, auto_tolerance=0.02)
+    assert trainer.state.deferred_switch["iteration"] == 10 and trainer.state.deferred_switch["rule"] == "auto"
+    assert active == [0] * 10 + [1] * 2
+    curve = trainer.state.deferred_switch["auto"]["curve"]
+    assert [c["iteration"] for c in curve] == [2, 4, 6, 8, 10]
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert info["switch"]["iteration"] == 10 and len(info["switch"]["auto"]["curve"]) == 5
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert [e.value for e in acc.Scalars("switch/latent_effective_dim")] == pytest.approx(dims[:5])
+    assert [e.step for e in acc.Scalars("switch/iteration")] == [10]
+
+
+def test_auto_switches_at_auto_max_and_not_before_auto_min(tmp_path):
+    handler, trainer, _ = _auto_run(tmp_path, [float(i) for i in range(1, 20)], auto_max=5)  # always growing
+    assert trainer.state.deferred_switch["iteration"] == 5
+    _, trainer, _ = _auto_run(tmp_path / "b", [3.0] * 20, auto_min=7, auto_patience=1)  # flat from the start
+    assert trainer.state.deferred_switch["iteration"] == 7
+
+
+def test_latent_effective_dimension_of_the_probe_is_measured_for_real():
+    net, trainer, _ = _setup(epochs=1)
+    handler = DeferredQuantizationHandler(net, start="auto", auto_probe_images=6)
+    dim = handler.latent_effective_dimension(trainer)
+    assert handler._probe.shape[0] == 6 and 1.0 <= dim <= 4.0  # embedding_dim 4
+    assert handler.latent_effective_dimension(trainer) == pytest.approx(dim)  # the same probe every time
+
+
+def test_post_switch_warmup_scales_the_learning_rate_then_restores_it():
+    from ignite.engine import Engine
+
+    torch.manual_seed(0)
+    net = vqgan_tiny(num_embeddings=16, embedding_dim=4, quantize=False)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)  # a scheduler underneath
+    data = [{"image": torch.rand(2, 3, 16, 16) * 2 - 1}]
+    factors = []
+
+    def step(engine, batch):
+        optimizer.zero_grad()
+        net.quant_conv.conv.bias.sum().backward()  # gradient 1 for this bias, 0 elsewhere
+        before = net.quant_conv.conv.bias.detach().clone()
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        factors.append(round(float((before - net.quant_conv.conv.bias.detach())[0]) / lr, 6))
+        scheduler.step()
+
+    engine = Engine(step)
+    DeferredQuantizationHandler(net, start=2, num_samples=64, data_loader=data, optimizer=optimizer,
+                                warmup_iterations=4).attach(engine)
+    engine.run(data * 8, max_epochs=1)
+    # steps 1-2 before the switch at full rate, then 1/4, 2/4, 3/4, 4/4 of the scheduler's rate, then full again
+    assert factors == pytest.approx([1.0, 1.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0], abs=1e-5)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**8)  # the scheduler's chain is intact
