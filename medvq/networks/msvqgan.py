@@ -40,8 +40,13 @@ class MultiScaleVQGANTokenizer(VQGANTokenizer):
             and ``num_embeddings`` to 4096 (VAR's tokenizer: ``Cvae=32``, ``vocab_size=4096``).
         scales: token-map sizes coarse to fine, ints or per-axis tuples; the last must be the latent grid (image
             size / ``2 ** (len(channels) - 1)``). Default VAR's ``(1, 2, 3, 4, 5, 6, 8, 10, 13, 16)``.
-        phi_shared: phi convolutions shared across scales (VAR: 4); 0 disables phi. Default 4.
-        phi_residual_ratio: phi's blend ``(1 - r) h + r conv(h)``. Default 0.5 (VAR's ``quant_resi``).
+        phi_shared: phi convolutions shared by neighbouring scales (VAR's ``share_quant_resi``: 4); 0 gives one phi
+            per scale (VAR's ``PhiNonShared``). Default 4.
+        phi_residual_ratio: phi's blend ``(1 - r) h + r conv(h)``; 0 disables phi. Default 0.5 (VAR's
+            ``quant_resi``).
+        codebook_update: ``"gradient"`` (default, VAR) or ``"ema"``; decay: its EMA decay (default 0.99), see
+            :class:`~medvq.quantizers.MultiScaleResidualQuantizer`.
+        quant_conv_kernel_size: 3 (default, VAR's VQVAE ``quant_conv_ks=3``) or 1 (taming's VQGAN).
         commitment: encoder commitment on every running sum (``"all"``, VAR's loss, default) or on the final one
             (``"final"``), see :class:`~medvq.quantizers.MultiScaleResidualQuantizer`.
         dead_code_threshold: revive codes unused at every scale for this many training steps (after the switch);
@@ -79,9 +84,12 @@ class MultiScaleVQGANTokenizer(VQGANTokenizer):
         phi_residual_ratio: float = 0.5,
         commitment: str = "all",
         dead_code_threshold: int = 0,
+        codebook_update: str = "gradient",
+        decay: float = 0.99,
         quantize: bool = True,
         use_checkpointing: bool = False,
         use_flash_attention: bool = False,
+        quant_conv_kernel_size: int = 3,
     ) -> None:
         super().__init__(
             spatial_dims=spatial_dims,
@@ -99,6 +107,7 @@ class MultiScaleVQGANTokenizer(VQGANTokenizer):
             quantize=quantize,
             use_checkpointing=use_checkpointing,
             use_flash_attention=use_flash_attention,
+            quant_conv_kernel_size=quant_conv_kernel_size,
         )
         # the parent built a single-scale quantizer (validating K, D and beta); the multi-scale one replaces it
         self.quantizer = MultiScaleResidualQuantizer(
@@ -111,6 +120,8 @@ class MultiScaleVQGANTokenizer(VQGANTokenizer):
             phi_residual_ratio=phi_residual_ratio,
             commitment=commitment,
             dead_code_threshold=dead_code_threshold,
+            codebook_update=codebook_update,
+            decay=decay,
             active=quantize,
         )
 
@@ -157,18 +168,23 @@ def msvqgan_f16(
     phi_shared: int = 4,
     commitment: str = "all",
     dead_code_threshold: int = 0,
+    codebook_update: str = "gradient",
+    decay: float = 0.99,
     use_checkpointing: bool = False,
     use_flash_attention: bool = False,
+    quant_conv_kernel_size: int = 3,
 ) -> MultiScaleVQGANTokenizer:
     """VAR's tokenizer size (``vae_ch=160``, ``ch_mult=(1, 1, 2, 2, 4)``, ``z_channels=32``, K=4096, D=32): widths
-    ``(160, 160, 320, 320, 640)``, factor 16, 256 px images for VAR's 16x16 last scale. Arguments as
+    ``(160, 160, 320, 320, 640)``, factor 16, 256 px images for VAR's 16x16 last scale, 3x3 quant convs as VAR's
+    VQVAE. Arguments as
     :class:`MultiScaleVQGANTokenizer`."""
     return MultiScaleVQGANTokenizer(
         spatial_dims=spatial_dims, in_channels=in_channels, channels=(160, 160, 320, 320, 640), num_res_blocks=2,
         norm_num_groups=32, z_channels=32, embedding_dim=embedding_dim, num_embeddings=num_embeddings, scales=scales,
         commitment_cost=commitment_cost, phi_shared=phi_shared, commitment=commitment,
-        dead_code_threshold=dead_code_threshold, quantize=quantize, use_checkpointing=use_checkpointing,
-        use_flash_attention=use_flash_attention,
+        dead_code_threshold=dead_code_threshold, codebook_update=codebook_update, decay=decay, quantize=quantize,
+        use_checkpointing=use_checkpointing,
+        use_flash_attention=use_flash_attention, quant_conv_kernel_size=quant_conv_kernel_size,
     )
 
 
@@ -184,8 +200,11 @@ def msvqgan_tiny(
     phi_shared: int = 2,
     commitment: str = "all",
     dead_code_threshold: int = 0,
+    codebook_update: str = "gradient",
+    decay: float = 0.99,
     use_checkpointing: bool = False,
     use_flash_attention: bool = False,
+    quant_conv_kernel_size: int = 3,
 ) -> MultiScaleVQGANTokenizer:
     """Tiny factor-4 multi-scale tokenizer for tests and the CPU quickstart (widths ``(16, 32, 32)``, as
     :func:`~medvq.networks.vqgan_tiny`); the default scales end at 8x8, i.e. 32 px images."""
@@ -193,6 +212,7 @@ def msvqgan_tiny(
         spatial_dims=spatial_dims, in_channels=in_channels, channels=(16, 32, 32), num_res_blocks=1,
         norm_num_groups=8, z_channels=32, embedding_dim=embedding_dim, num_embeddings=num_embeddings, scales=scales,
         commitment_cost=commitment_cost, phi_shared=phi_shared, commitment=commitment,
-        dead_code_threshold=dead_code_threshold, quantize=quantize, use_checkpointing=use_checkpointing,
-        use_flash_attention=use_flash_attention,
+        dead_code_threshold=dead_code_threshold, codebook_update=codebook_update, decay=decay, quantize=quantize,
+        use_checkpointing=use_checkpointing,
+        use_flash_attention=use_flash_attention, quant_conv_kernel_size=quant_conv_kernel_size,
     )

@@ -70,7 +70,12 @@ class _SelfAttention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.attn_l2_norm = attn_l2_norm
-        self.qkv = nn.Linear(width, 3 * width)
+        # VAR's mat_qkv without bias plus learned query and value biases; the key bias is fixed at 0 (a key bias
+        # shifts every key alike, which softmax ignores for dot-product logits but not for cosine ones)
+        self.qkv = nn.Linear(width, 3 * width, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(width))
+        self.v_bias = nn.Parameter(torch.zeros(width))
+        self.register_buffer("zero_k_bias", torch.zeros(width), persistent=False)
         self.proj = nn.Linear(width, width)
         if attn_l2_norm:
             self.scale_mul_log = nn.Parameter(torch.full((1, num_heads, 1, 1), math.log(4.0)))
@@ -81,8 +86,21 @@ class _SelfAttention(nn.Module):
     def clear_cache(self) -> None:
         self._keys = self._values = None
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        # checkpoints written before the VAR-faithful q/v biases hold one fused qkv bias: keep its query and value
+        # parts and drop the key part (VAR fixes it at 0, see __init__)
+        fused = state_dict.pop(prefix + "qkv.bias", None)
+        if fused is not None and prefix + "q_bias" not in state_dict:
+            q, _, v = fused.chunk(3)
+            state_dict[prefix + "q_bias"], state_dict[prefix + "v_bias"] = q, v
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        q, k, v = rearrange(self.qkv(x), "b l (three h c) -> three b h l c", three=3, h=self.num_heads)
+        bias = torch.cat([self.q_bias, self.zero_k_bias, self.v_bias])  # (3 * width,)
+        q, k, v = rearrange(F.linear(x, self.qkv.weight, bias), "b l (three h c) -> three b h l c", three=3,
+                            h=self.num_heads)
         scale = None  # SDPA's default 1 / sqrt(head_dim)
         if self.attn_l2_norm:
             # scaling q alone scales the logits once: cos(q, k) * exp(s_h)
@@ -225,15 +243,21 @@ class VARTransformer(nn.Module):
         std = self.init_std
 
         def trunc_normal(t: torch.Tensor) -> None:
-            nn.init.trunc_normal_(t, std=std, a=-2 * std, b=2 * std)
+            # VAR calls trunc_normal_(std=init_std) with torch's default bounds, a=-2 and b=2 in absolute units:
+            # at std ~0.018 nothing is truncated and the std is init_std (bounds of +-2 std would give 0.88 std)
+            nn.init.trunc_normal_(t, std=std)
 
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 trunc_normal(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
         for p in (self.label_embedding, self.null_embedding, self.start_position, self.position_embedding):
             trunc_normal(p)
         trunc_normal(self.level_embedding.weight)
+        for block in self.blocks:
+            block.attn.q_bias.zero_()
+            block.attn.v_bias.zero_()
         self.head.weight.mul_(0.02)
         self.head_ada_lin[-1].weight.mul_(0.5)
         width = self.width
@@ -245,6 +269,31 @@ class VARTransformer(nn.Module):
             ada[2 * width :].mul_(0.5)
             if block.attn.attn_l2_norm:
                 block.attn.scale_mul_log.fill_(math.log(4.0))
+
+    #: substrings of parameter names VAR trains without weight decay (its ``nowd_keys`` in ``train.py``, by this
+    #: module's names: pos_start, pos_1LC, lvl_embed, scale_mul, cfg_uncond); 1-D parameters and biases too
+    NO_WEIGHT_DECAY_KEYS: tuple[str, ...] = (
+        "start_position", "position_embedding", "level_embedding", "scale_mul_log", "null_embedding",
+    )
+
+    def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups as VAR's ``filter_params``: ``weight_decay`` on the matrices, none on biases,
+        1-D parameters and :attr:`NO_WEIGHT_DECAY_KEYS` (``AdamW(var.parameter_groups(0.05), ...)``).
+
+        Each group also carries ``"param_names"``, the names of its parameters (torch >= 2.6 checks them).
+        """
+        if not weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}.")
+        decay: dict[str, list] = {"params": [], "param_names": [], "weight_decay": float(weight_decay)}
+        no_decay: dict[str, list] = {"params": [], "param_names": [], "weight_decay": 0.0}
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            exempt = param.ndim <= 1 or name.endswith("bias") or any(k in name for k in self.NO_WEIGHT_DECAY_KEYS)
+            group = no_decay if exempt else decay
+            group["params"].append(param)
+            group["param_names"].append(name)
+        return [g for g in (decay, no_decay) if g["params"]]
 
     @property
     def num_scales(self) -> int:

@@ -111,10 +111,12 @@ class VQGANTokenizer(nn.Module):
             compute). Default False.
         use_flash_attention: use ``torch.nn.functional.scaled_dot_product_attention`` in the attention blocks
             (memory-efficient kernels on GPU). Default False.
+        quant_conv_kernel_size: kernel of ``quant_conv`` / ``post_quant_conv``: 1 (default, taming's VQGAN) or 3
+            (VAR's VQVAE, ``quant_conv_ks=3``; padding keeps the grid).
 
     Attributes:
         encoder, decoder: MONAI ``Encoder`` / ``Decoder`` (``decoder.blocks[-1]`` is the output conv).
-        quant_conv, post_quant_conv: 1x1 convs ``z_channels -> embedding_dim`` and back.
+        quant_conv, post_quant_conv: 1x1 (or 3x3) convs ``z_channels -> embedding_dim`` and back.
         quantizer: the :class:`VectorQuantizer`; the deferred switch calls ``quantizer.activate(samples)``.
 
     Raises:
@@ -153,6 +155,7 @@ class VQGANTokenizer(nn.Module):
         quantize: bool = True,
         use_checkpointing: bool = False,
         use_flash_attention: bool = False,
+        quant_conv_kernel_size: int = 1,
     ) -> None:
         super().__init__()
         # 0. arguments
@@ -185,6 +188,8 @@ class VQGANTokenizer(nn.Module):
         _check_bool("with_nonlocal_attn", with_nonlocal_attn)
         _check_int("z_channels", z_channels)
         _check_int("embedding_dim", embedding_dim)
+        if isinstance(quant_conv_kernel_size, bool) or quant_conv_kernel_size not in (1, 3):
+            raise ValueError(f"quant_conv_kernel_size must be 1 (taming) or 3 (VAR), got {quant_conv_kernel_size!r}.")
         _check_bool("quantize", quantize)
         _check_bool("use_checkpointing", use_checkpointing)
         _check_bool("use_flash_attention", use_flash_attention)
@@ -212,8 +217,9 @@ class VQGANTokenizer(nn.Module):
         )
         _add_silu_before_output_conv(self.encoder.blocks, "Encoder")
         # 2. projections to and from the low-dimensional code space (taming's quant_conv / post_quant_conv)
-        self.quant_conv = Convolution(spatial_dims, z_channels, embedding_dim, kernel_size=1, conv_only=True)
-        self.post_quant_conv = Convolution(spatial_dims, embedding_dim, z_channels, kernel_size=1, conv_only=True)
+        ks = quant_conv_kernel_size
+        self.quant_conv = Convolution(spatial_dims, z_channels, embedding_dim, kernel_size=ks, conv_only=True)
+        self.post_quant_conv = Convolution(spatial_dims, embedding_dim, z_channels, kernel_size=ks, conv_only=True)
         # 3. quantizer; its constructor validates num_embeddings, commitment_cost, codebook_update, ...
         self.quantizer = VectorQuantizer(
             num_embeddings,

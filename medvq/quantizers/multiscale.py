@@ -10,7 +10,7 @@ scales, all drawn from one shared codebook. With ``f_rest = z`` and ``f_hat = 0`
     f_hat += h_k;  f_rest -= h_k
 
 ``phi_k(h) = (1 - r) h + r conv(h)`` is one of ``phi_shared`` 3x3(x3) convolutions shared by neighbouring scales,
-chosen as in VAR's ``PhiPartiallyShared``. The loss is VAR's: the mean over scales of
+chosen as in VAR's ``PhiPartiallyShared`` (``phi_shared=0``: one per scale, VAR's ``PhiNonShared``). The loss is VAR's: the mean over scales of
 ``||f_hat_k - sg(z)||^2 + beta ||sg(f_hat_k) - z||^2`` with ``f_hat_k`` the running sum after scale ``k`` (codebook
 and phi learn from the first term, the encoder from the second). With ``commitment="final"`` the encoder term is
 ``beta ||sg(f_hat) - z||^2`` of the final ``f_hat`` only: VAR's term on the coarse running sums rewards latents the
@@ -22,10 +22,11 @@ arXiv 2603.17052): the codebook, ``active`` and :meth:`MultiScaleResidualQuantiz
 broadcast) are those of an inner ``VectorQuantizer`` (:attr:`MultiScaleResidualQuantizer.codes`), so the DDP-safe
 activation code exists once.
 
-Limitations: as in VAR, phi also refines the last scale, so with ``phi_shared > 0`` even a codebook containing every
-residual gives ``f_hat != z`` (the residual ``r_last - phi(r_last)`` remains; phi and the decoder learn to absorb it);
-with ``phi_shared=0`` such a codebook reconstructs ``z`` exactly. The codebook is gradient-updated only (no EMA, no
-l2-normalised lookup); dead codes can be revived (``dead_code_threshold``); the nearest-code search is exact, O(N K D) per scale; ``spatial_dims`` is 2 or 3.
+Limitations: as in VAR, phi also refines the last scale, so with phi on even a codebook containing every residual
+gives ``f_hat != z`` (the residual ``r_last - phi(r_last)`` remains; phi and the decoder learn to absorb it); with
+``phi_residual_ratio=0`` (no phi) such a codebook reconstructs ``z`` exactly. There is no l2-normalised lookup
+(residuals are not directions: their norm shrinks scale by scale); EMA codebook updates are optional; dead codes can
+be revived (``dead_code_threshold``); the nearest-code search is exact, O(N K D) per scale; ``spatial_dims`` is 2 or 3.
 """
 
 from __future__ import annotations
@@ -130,9 +131,11 @@ class MultiScaleResidualQuantizer(nn.Module):
             (a 16x16 latent).
         spatial_dims: 2 or 3. Default 2.
         commitment_cost: beta, weight of the encoder term ``||sg(f_hat) - z||^2``. Default 0.25 (VAR, VQ-VAE).
-        phi_shared: number of phi convolutions shared across scales (VAR's ``PhiPartiallyShared``, 4 in VAR);
-            0 disables phi (``h_k`` is the upsampled code). Default 4.
-        phi_residual_ratio: r in ``phi(h) = (1 - r) h + r conv(h)``, in [0, 1]. Default 0.5 (VAR's ``quant_resi``).
+        phi_shared: VAR's ``share_quant_resi``: the number of phi convolutions shared by neighbouring scales
+            (``PhiPartiallyShared``; 4 in VAR, 1 is one phi for all scales), or 0 for one phi per scale
+            (``PhiNonShared``). Default 4.
+        phi_residual_ratio: r in ``phi(h) = (1 - r) h + r conv(h)``, in [0, 1]; 0 disables phi altogether (``h_k`` is
+            the upsampled code; VAR's ``quant_resi=0``, an identity). Default 0.5 (VAR's ``quant_resi``).
         active: quantize from the start (True) or start as a pass-through (False). Default True.
         chunk_size: bound on the elements of one block of the distance matrix (memory, not speed). Default 2**20.
         kmeans_iterations: Lloyd iterations of :meth:`activate` with ``init="kmeans"``. Default 20.
@@ -141,6 +144,10 @@ class MultiScaleResidualQuantizer(nn.Module):
         dead_code_threshold: while active and training, codes unused at every scale for this many consecutive steps
             become random residuals of the current batch (:meth:`VectorQuantizer.revive_dead_codes`, DDP-consistent);
             0 (default, VAR) disables it. ``codes.total_revived`` counts the revived codes.
+        codebook_update: ``"gradient"`` (default, VAR: the codebook learns from the running-sum loss) or ``"ema"``
+            (VQ-VAE's EMA: each code becomes the moving average of the residuals assigned to it at any scale, summed
+            over DDP ranks; phi still learns by gradient). The step's cascade uses the codes before the update.
+        decay: EMA decay in [0, 1) with ``codebook_update="ema"``. Default 0.99.
 
     Example:
         >>> msq = MultiScaleResidualQuantizer(num_embeddings=16, embedding_dim=4, scales=(1, 2, 4), active=False)
@@ -164,12 +171,14 @@ class MultiScaleResidualQuantizer(nn.Module):
         kmeans_iterations: int = 20,
         commitment: str = "all",
         dead_code_threshold: int = 0,
+        codebook_update: str = "gradient",
+        decay: float = 0.99,
     ) -> None:
         super().__init__()
         if spatial_dims not in _UP_MODES:
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}.")
         if isinstance(phi_shared, bool) or not isinstance(phi_shared, int) or phi_shared < 0:
-            raise ValueError(f"phi_shared must be an integer >= 0 (0 disables phi), got {phi_shared!r}.")
+            raise ValueError(f"phi_shared must be an integer >= 0 (0 = one phi per scale), got {phi_shared!r}.")
         if commitment not in ("all", "final"):
             raise ValueError(f"commitment must be 'all' (VAR) or 'final', got {commitment!r}.")
         self.commitment = commitment
@@ -185,13 +194,20 @@ class MultiScaleResidualQuantizer(nn.Module):
         self.codes = VectorQuantizer(
             num_embeddings, embedding_dim, commitment_cost=commitment_cost, active=active, chunk_size=chunk_size,
             kmeans_iterations=kmeans_iterations, dead_code_threshold=dead_code_threshold,
+            codebook_update=codebook_update, decay=decay,
         )
         self.commitment_cost = float(commitment_cost)
-        self.phis = nn.ModuleList(_Phi(spatial_dims, embedding_dim, phi_residual_ratio) for _ in range(phi_shared))
-        # VAR's PhiPartiallyShared: scale k sits at k / (num_scales - 1) in [0, 1] and takes the phi whose tick
-        # (evenly spread in [1/(3n), 1 - 1/(3n)]) is nearest, so neighbouring scales share a convolution
-        if phi_shared > 0:
-            ticks = np.linspace(1 / 3 / phi_shared, 1 - 1 / 3 / phi_shared, phi_shared)
+        # VAR's quant_resi: phi_shared > 0 convolutions shared by neighbouring scales (PhiPartiallyShared; 1 is
+        # PhiShared), 0 one per scale (PhiNonShared); a ratio of 0 is VAR's nn.Identity (no phi at all)
+        num_phi = phi_shared if phi_shared > 0 else len(self.scales)
+        if phi_residual_ratio == 0.0:
+            num_phi = 0
+        self.phis = nn.ModuleList(_Phi(spatial_dims, embedding_dim, phi_residual_ratio) for _ in range(num_phi))
+        # scale k sits at k / (num_scales - 1) in [0, 1] and takes the phi whose tick is nearest; VAR spreads the
+        # ticks evenly in [1/(3K), 1 - 1/(3K)] for K = 4 and in [1/(2K), 1 - 1/(2K)] for every other K
+        if num_phi > 0:
+            margin = 1 / 3 / num_phi if num_phi == 4 else 1 / 2 / num_phi
+            ticks = np.linspace(margin, 1 - margin, num_phi)
             last = max(len(self.scales) - 1, 1)
             self.phi_index = tuple(int(np.argmin(np.abs(ticks - k / last))) for k in range(len(self.scales)))
         else:
@@ -300,11 +316,16 @@ class MultiScaleResidualQuantizer(nn.Module):
             loss = loss / self.num_scales
             if self.commitment == "final":
                 loss = loss + self.commitment_cost * F.mse_loss(cascade.partial_sums[-1].detach(), z32)
-            if self.training and self.codes.dead_code_threshold > 0:
+            ema = self.codes.codebook_update == "ema"
+            if self.training and (ema or self.codes.dead_code_threshold > 0):
                 # after the loss, so this step's graph is unaffected; counts pooled over scales and ranks
-                counts = all_reduce_sum_(sum(torch.bincount(i.flatten(), minlength=self.num_embeddings)
-                                             for i in cascade.indices))
-                self.codes.revive_dead_codes(torch.cat(cascade.residuals), counts)
+                flat_idx = torch.cat([i.flatten() for i in cascade.indices])  # (sum_k B * n_k,)
+                counts = all_reduce_sum_(torch.bincount(flat_idx, minlength=self.num_embeddings))
+                residuals = torch.cat(cascade.residuals)  # (sum_k B * n_k, D), in the order of flat_idx
+                if ema:
+                    self.codes._ema_update(residuals, flat_idx, counts)
+                if self.codes.dead_code_threshold > 0:
+                    self.codes.revive_dead_codes(residuals, counts)
             f_hat = cascade.partial_sums[-1]
             # straight-through: the value of f_hat, the gradient of the identity to z
             quantized = z32 + (f_hat - z32).detach()

@@ -103,7 +103,7 @@ def test_supervised_trainer_learns_tokens_per_condition():
     torch.manual_seed(0)
     var = var_tiny(num_embeddings=16, embedding_dim=4, scale_lengths=tokenizer.quantizer.scale_lengths,
                    condition_dropout=0.0)
-    data = [{"tokens": tokens, "label": label}] * 60
+    data = [{"tokens": tokens, "label": label}] * 100
     x, _, _, _ = VARPrepareBatch(tokenizer)({"tokens": tokens, "label": label})
 
     def accuracy_now() -> float:

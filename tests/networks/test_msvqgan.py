@@ -43,6 +43,44 @@ def test_f16_preset_is_vars_tokenizer_size():
     assert net.downsample_factor == 16 and net.image_shape == (256, 256)
     assert net.quantizer.num_embeddings == 4096 and net.embedding_dim == 32
     assert 100e6 < sum(p.numel() for p in net.parameters()) < 120e6  # VAR's vae_ch=160 tokenizer is ~109 M
+    # VAR's VQVAE: quant_conv_ks=3 for both projections (taming's VQGAN uses 1x1)
+    assert net.quant_conv.conv.kernel_size == (3, 3) and net.post_quant_conv.conv.kernel_size == (3, 3)
+
+
+def test_quant_conv_kernel_size():
+    from medvq.networks import vqgan_tiny
+
+    assert vqgan_tiny().quant_conv.conv.kernel_size == (1, 1)  # taming
+    net = msvqgan_tiny(scales=(1, 2, 4, 8), quant_conv_kernel_size=1)
+    assert net.quant_conv.conv.kernel_size == (1, 1)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert msvqgan_tiny(scales=(1, 2, 4, 8))(x).shape == x.shape  # 3x3, padded: same grid
+    with pytest.raises(ValueError, match="quant_conv_kernel_size must be 1 .taming. or 3 .VAR."):
+        msvqgan_tiny(quant_conv_kernel_size=5)
+
+
+def test_codebook_lr_scale_groups():
+    from medvq.engines import tokenizer_parameter_groups
+
+    torch.manual_seed(0)
+    net = msvqgan_tiny(scales=(1, 2, 4, 8), num_embeddings=32, embedding_dim=4)
+    groups = tokenizer_parameter_groups(net, lr=1e-2, codebook_lr_scale=0.0)
+    assert [g["lr"] for g in groups] == [1e-2, 0.0] and groups[1]["params"] == [net.quantizer.codes.weight]
+    assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
+    optimizer = torch.optim.Adam(groups, lr=1e-2)
+    codebook, conv = net.quantizer.codebook.detach().clone(), net.quant_conv.conv.weight.detach().clone()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    for _ in range(2):
+        optimizer.zero_grad()
+        out = net(x, return_output=True)
+        ((out.reconstruction - x).abs().mean() + out.quantizer.loss).backward()
+        optimizer.step()
+    assert torch.equal(net.quantizer.codebook, codebook)  # frozen
+    assert not torch.equal(net.quant_conv.conv.weight, conv)  # the rest learns
+    with pytest.raises(ValueError, match="codebook_lr_scale must be >= 0"):
+        tokenizer_parameter_groups(net, lr=1e-2, codebook_lr_scale=-1)
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        tokenizer_parameter_groups(net, lr=0.0)
 
 
 def test_trained_with_deferred_switch_and_validated():

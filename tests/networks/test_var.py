@@ -436,3 +436,74 @@ def test_memorises_one_sequence_per_condition():
     sampled = sample_var(var, quantizer, cond.repeat_interleave(4, dim=0), generator=torch.Generator().manual_seed(0))
     match = quantizer.flatten_indices(sampled).eq(targets.repeat_interleave(4, dim=0)).float().mean()
     assert match > 0.9
+
+
+# ---------------------------------------------------------------------------------------------------- VAR fidelity
+def _var_filter_params(model):
+    """VAR's utils/lr_control.py filter_params with train.py's nowd_keys, written from the published rule, mapped to
+    this module's names: no decay for 1-D parameters, names ending in 'bias', and names containing a nowd key."""
+    nowd_keys = {"cls_token", "start_token", "task_token", "cfg_uncond", "pos_embed", "pos_1LC", "pos_start",
+                 "start_pos", "lvl_embed", "gamma", "beta", "ada_gss", "moe_bias", "scale_mul",
+                 # medvq's names of VAR's pos_start, pos_1LC, lvl_embed, scale_mul_1H11, cfg_uncond
+                 "start_position", "position_embedding", "level_embedding", "null_embedding"}
+    no_decay = set()
+    for name, p in model.named_parameters():
+        if p.ndim == 1 or name.endswith("bias") or any(k in name for k in nowd_keys):
+            no_decay.add(name)
+    return no_decay
+
+
+def test_parameter_groups_follow_var():
+    var = var_tiny()
+    groups = var.parameter_groups(0.05)
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0]
+    assert set(groups[1]["param_names"]) == _var_filter_params(var)
+    assert set(groups[0]["param_names"]) | set(groups[1]["param_names"]) == {n for n, _ in var.named_parameters()}
+    # the embeddings and the attention temperature are exempt; the label embedding (VAR's class_emb) is decayed
+    assert {"start_position", "position_embedding", "level_embedding.weight", "null_embedding",
+            "blocks.0.attn.scale_mul_log"} <= set(groups[1]["param_names"])
+    assert "label_embedding" in groups[0]["param_names"]
+    optimizer = torch.optim.AdamW(groups, lr=1e-3)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.05, 0.0]
+    with torch.device("meta"):
+        d16 = var_d16()
+    sizes = [len(g["params"]) for g in d16.parameter_groups(0.05)]
+    assert sizes == [84, 119]  # 7 exempt tensors per block (q/v biases, temperature, 4 biases) + 7 outside
+    with pytest.raises(ValueError, match="weight_decay must be >= 0"):
+        var.parameter_groups(-1.0)
+
+
+def test_init_std_is_vars_untruncated():
+    # VAR: trunc_normal_(std=init_std) with torch's default absolute bounds +-2, i.e. no truncation at std ~0.02
+    torch.manual_seed(0)
+    var = VARTransformer(num_embeddings=16, embedding_dim=4, scale_lengths=(1, 4), num_conditions=2, width=256,
+                         depth=1, num_heads=4)
+    std = math.sqrt(1 / 256 / 3)
+    for weight in (var.blocks[0].attn.qkv.weight, var.word_embedding.weight, var.position_embedding):
+        assert float(weight.detach().std()) == pytest.approx(std, rel=0.03)  # +-2 std bounds would give 0.88 std
+
+
+def test_key_bias_is_fixed_at_zero_and_old_checkpoints_load():
+    torch.manual_seed(0)
+    var = VARTransformer(num_embeddings=16, embedding_dim=4, scale_lengths=(1, 4), num_conditions=2, width=32,
+                         depth=1, num_heads=2)
+    attn = var.blocks[0].attn
+    assert attn.qkv.bias is None and "zero_k_bias" not in var.state_dict()
+    names = {n for n, _ in var.named_parameters()}
+    assert {"blocks.0.attn.q_bias", "blocks.0.attn.v_bias"} <= names
+    with torch.no_grad():
+        attn.q_bias.normal_()
+        attn.v_bias.normal_()
+    x = torch.randn(2, 4, 4)
+    cond = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    var.eval()
+    expected = var(x, cond)
+    # the output is that of a fused qkv with bias (q_bias, 0, v_bias)
+    state = var.state_dict()
+    fused = torch.cat([state.pop("blocks.0.attn.q_bias"), torch.full((32,), 3.0), state.pop("blocks.0.attn.v_bias")])
+    state["blocks.0.attn.qkv.bias"] = fused  # a checkpoint written before the q/v split, with a key bias
+    old = VARTransformer(num_embeddings=16, embedding_dim=4, scale_lengths=(1, 4), num_conditions=2, width=32,
+                         depth=1, num_heads=2)
+    old.load_state_dict(state)  # the key part is dropped (VAR fixes it at 0), q and v are kept
+    old.eval()
+    torch.testing.assert_close(old(x, cond), expected)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 import torch
 
@@ -48,20 +49,21 @@ def test_shapes_and_statistics(spatial_dims, scales):
     assert [i.equal(j) for i, j in zip(msq.latent_to_indices(z), out.indices)] == [True] * len(scales)
 
 
-@pytest.mark.parametrize("phi_shared", [0, 2])
+@pytest.mark.parametrize("ratio", [0.0, 0.5])
 @pytest.mark.parametrize("spatial_dims,scales", CASES)
-def test_codebook_of_the_residuals_reconstructs_exactly(spatial_dims, scales, phi_shared):
+def test_codebook_of_the_residuals_reconstructs_exactly(spatial_dims, scales, ratio):
     # the exact residuals of z at every scale (what an inactive quantizer collects) become the codebook: each
     # residual then has a code at distance 0, so the quantized cascade is the exact one and f_hat == z
-    msq = _make(spatial_dims, scales, phi_shared=phi_shared, active=False)
+    msq = _make(spatial_dims, scales, phi_residual_ratio=ratio, active=False)
     z = torch.randn(1, 3, *_last(scales, spatial_dims))
     residuals = msq.collect_residuals(z)
     big = MultiScaleResidualQuantizer(num_embeddings=residuals.shape[0], embedding_dim=3, scales=scales,
-                                      spatial_dims=spatial_dims, phi_shared=phi_shared, active=False)
+                                      spatial_dims=spatial_dims, phi_shared=2, phi_residual_ratio=ratio,
+                                      active=False)
     big.phis.load_state_dict(msq.phis.state_dict())  # the same phi that produced the residuals
     big.activate(residuals, init="samples")
     out = big(z)
-    if phi_shared == 0:
+    if ratio == 0.0:
         torch.testing.assert_close(out.quantized, z, atol=1e-5, rtol=0)
     # with phi the tokens are still exact, but f_hat is not z: as in VAR, phi also refines the last scale, so even a
     # perfect codebook leaves r_last - phi(r_last)
@@ -124,7 +126,26 @@ def test_phi_sharing_matches_var():
     msq = MultiScaleResidualQuantizer(num_embeddings=8, embedding_dim=2)
     assert msq.phi_index == (0, 0, 1, 1, 1, 2, 2, 3, 3, 3)
     assert msq.scales[-1] == (16, 16) and len(msq.phis) == 4
-    assert len(MultiScaleResidualQuantizer(num_embeddings=8, embedding_dim=2, phi_shared=0).phis) == 0
+    # no phi at all is VAR's quant_resi = 0 (an identity), not phi_shared = 0
+    assert len(MultiScaleResidualQuantizer(num_embeddings=8, embedding_dim=2, phi_residual_ratio=0.0).phis) == 0
+
+
+def _var_phi_index(share: int, num_scales: int) -> tuple[int, ...]:
+    """VAR's models/quant.py, written from its definition: share_quant_resi K > 0 -> PhiPartiallyShared with K
+    phis, 0 -> PhiNonShared with one phi per scale; ticks linspace(1/(3K), 1 - 1/(3K), K) if K == 4 else
+    linspace(1/(2K), 1 - 1/(2K), K); scale si takes argmin |ticks - si / (SN - 1)|."""
+    k = share if share > 0 else num_scales
+    ticks = np.linspace(1 / 3 / k, 1 - 1 / 3 / k, k) if k == 4 else np.linspace(1 / 2 / k, 1 - 1 / 2 / k, k)
+    return tuple(int(np.argmin(np.abs(ticks - si / (num_scales - 1)))) for si in range(num_scales))
+
+
+@pytest.mark.parametrize("share", [0, 1, 2, 3, 4, 5, 6])
+def test_phi_ticks_match_var_for_every_sharing(share):
+    msq = MultiScaleResidualQuantizer(num_embeddings=8, embedding_dim=2, phi_shared=share)
+    assert msq.phi_index == _var_phi_index(share, 10)
+    assert len(msq.phis) == (share if share > 0 else 10)
+    if share == 3:  # where the old rule (1/(3K) margins for every K) differed
+        assert msq.phi_index == (0, 0, 0, 0, 1, 1, 1, 2, 2, 2)
 
 
 @pytest.mark.parametrize(
@@ -258,3 +279,26 @@ def test_dead_codes_are_revived_from_the_residuals():
     before = int(msq.codes.total_revived)
     msq(z)
     assert int(msq.codes.total_revived) == before  # no bookkeeping in eval mode
+
+
+def test_ema_codebook_with_decay_zero_becomes_the_mean_of_its_residuals():
+    # VQ-VAE EMA with decay 0: each code used this step becomes the mean of the residuals (at any scale) assigned
+    # to it; unused codes keep their value. The assignment is the cascade's, with the codes before the update
+    torch.manual_seed(0)
+    msq = MultiScaleResidualQuantizer(num_embeddings=8, embedding_dim=3, scales=(1, 2, 4), phi_shared=2,
+                                      codebook_update="ema", decay=0.0, active=False)
+    z = torch.randn(2, 3, 4, 4)
+    msq.activate(msq.collect_residuals(z)[:20] * 0.5, init="samples")
+    before = msq.codebook.detach().clone()
+    residuals = msq.collect_residuals(z)  # active: the residuals of its own cascade, image by image
+    indices = msq.latent_to_indices(z)
+    flat_idx = torch.cat([i.flatten() for i in indices])
+    ordered = torch.cat([r for r in msq._cascade(z, use_codebook=True).residuals])  # scale by scale, as flat_idx
+    msq.train()
+    out = msq(z)
+    assert not msq.codes.weight.requires_grad and out.loss.requires_grad  # phi still learns by gradient
+    for k in range(8):
+        mask = flat_idx == k
+        expected = ordered[mask].mean(0) if mask.any() else before[k]
+        torch.testing.assert_close(msq.codebook[k], expected)
+    assert residuals.shape == ordered.shape
