@@ -13,7 +13,9 @@ from typing import Any
 from medvq.metrics.coverage import (
     DISTANCE_CHUNK_SIZE,
     code_usage,
+    covariance_from_moments,
     dead_codes,
+    effective_dimension,
     mean_code_distance,
     perplexity_from_counts,
     shrinkage,

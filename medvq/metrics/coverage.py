@@ -17,6 +17,8 @@ __all__ = [
     "mean_code_distance",
     "trace_covariance",
     "shrinkage",
+    "covariance_from_moments",
+    "effective_dimension",
 ]
 
 #: Default bound on the elements of one block of the code-distance matrix (2**20 float64 = 8 MiB); the value of
@@ -133,3 +135,46 @@ def shrinkage(codebook: torch.Tensor, latent_trace_cov: float | torch.Tensor) ->
     if denominator <= 0:
         raise ValueError(f"trace(cov(latents)) must be > 0 to measure shrinkage, got {denominator}.")
     return trace_covariance(codebook) / denominator
+
+
+def covariance_from_moments(n: int, total: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """Unbiased ``(D, D)`` covariance of ``n`` rows from their sum ``(D,)`` and Gram matrix ``sum x x^T`` ``(D, D)``."""
+    if n < 2:
+        raise ValueError(f"a covariance needs n >= 2 rows, got {n}.")
+    total, gram = total.double(), gram.double()
+    return (gram - torch.outer(total, total) / n) / (n - 1)
+
+
+def effective_dimension(x: torch.Tensor, *, is_covariance: bool = False) -> float:
+    """Effective dimension of a point cloud: ``exp(H(p))`` with ``p`` the eigenvalues of its covariance over their
+    sum (the "effective rank" of Roy and Vetterli 2007).
+
+    It is D for an isotropic cloud, 1 for points on a line, and between for anisotropic clouds (a cloud whose
+    variance is split 1:1:0.01 has about 2.1); it ignores the cloud's scale, which shrinkage and code distance
+    measure. The participation ratio ``(sum l)^2 / sum l^2`` is the other common definition; it weights the largest
+    eigenvalues more and is always <= this one.
+
+    Args:
+        x: ``(N, D)`` rows with N >= 2, or with ``is_covariance=True`` their ``(D, D)`` covariance
+            (:func:`covariance_from_moments`).
+        is_covariance: ``x`` is already the covariance. Default False.
+
+    Returns:
+        a float in [1, D]; nan when the cloud has no spread at all.
+    """
+    if not isinstance(x, torch.Tensor) or x.ndim != 2:
+        raise ValueError(f"effective_dimension needs (N, D) rows or a (D, D) covariance, got {getattr(x, 'shape', x)}.")
+    x = x.detach().double()
+    if is_covariance and x.shape[0] != x.shape[1]:
+        raise ValueError(f"a covariance must be square (D, D), got {tuple(x.shape)}.")
+    if not is_covariance:
+        if x.shape[0] < 2:
+            raise ValueError(f"effective_dimension needs N >= 2 rows, got {tuple(x.shape)}.")
+        x = torch.cov(x.T).reshape(x.shape[1], x.shape[1])  # (D, D)
+    eigenvalues = torch.linalg.eigvalsh(x).clamp_min(0.0)  # (D,), round-off can make tiny ones negative
+    total = eigenvalues.sum()
+    if not total > 0:
+        return float("nan")
+    p = eigenvalues / total
+    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    return float(entropy.exp())

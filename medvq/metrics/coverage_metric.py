@@ -28,7 +28,9 @@ from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 from medvq.metrics.coverage import (
     DISTANCE_CHUNK_SIZE,
     code_usage,
+    covariance_from_moments,
     dead_codes,
+    effective_dimension,
     mean_code_distance,
     perplexity_from_counts,
     shrinkage,
@@ -59,7 +61,7 @@ class CodebookCoverage(Metric):
 
     Each :meth:`update` adds the batch's code indices to per-code counts ``n_k`` (int64, ``bincount``) and, when the
     encoder latents are given too, adds them to streaming moments in float64: the number of latent rows ``n``, and
-    per dimension ``S1_d = sum_i x_id`` and ``S2_d = sum_i x_id^2``. :meth:`compute` reads the codebook as it is at
+    per dimension ``S1_d = sum_i x_id`` and ``S2_d = sum_i x_id^2``, and their Gram matrix. :meth:`compute` reads the codebook as it is at
     that moment (so a codebook that changed during training is measured as evaluated) and returns a dict:
 
     - ``usage``: ``|{k : n_k > 0}| / K``; ``dead_codes``: ``K - |{k : n_k > 0}|``;
@@ -67,6 +69,10 @@ class CodebookCoverage(Metric):
     - ``code_distance``: mean pairwise Euclidean distance over all K codes; ``code_distance_used``: over the used
       codes only (``nan`` when fewer than 2 are used);
     - ``num_latents``: ``sum_k n_k``;
+    - ``codebook_effective_dim``: :func:`~medvq.metrics.effective_dimension` (exp-entropy of the normalised
+      covariance spectrum) of the used codes (``nan`` when fewer than 2 are used);
+    - ``latent_effective_dim`` (only with latents): the same of the latents, from their streaming Gram matrix
+      ``G = sum_i x_i x_i^T`` (float64, ``D x D``): ``cov = (G - S1 S1^T / n) / (n - 1)``;
     - ``shrinkage`` (present only when latents were given): ``trace(cov(codebook)) / trace(cov(latents))`` with the
       latent trace from the moments, ``trace(cov) = sum_d (S2_d - S1_d^2 / n) / (n - 1)``; ``nan`` when it is
       undefined (fewer than 2 latents or codes, or latents without spread). The key is left out, rather than set to
@@ -182,6 +188,7 @@ class CodebookCoverage(Metric):
         # S1, S2: (D,), sized by the first latents (or by the codebook at compute time when none came)
         self._latent_sum = torch.zeros(0, dtype=self._double_dtype, device=self._device)
         self._latent_sum_sq = torch.zeros(0, dtype=self._double_dtype, device=self._device)
+        self._latent_gram = torch.zeros(0, 0, dtype=self._double_dtype, device=self._device)  # sum x x^T, (D, D)
 
     def _parse(self, output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         if isinstance(output, torch.Tensor):
@@ -257,9 +264,11 @@ class CodebookCoverage(Metric):
             if not self._latent_sum.numel():
                 self._latent_sum = flat_latents.new_zeros(flat_latents.shape[1])
                 self._latent_sum_sq = flat_latents.new_zeros(flat_latents.shape[1])
+                self._latent_gram = flat_latents.new_zeros(flat_latents.shape[1], flat_latents.shape[1])
             self._latent_count += flat_latents.shape[0]
             self._latent_sum += flat_latents.sum(dim=0)
             self._latent_sum_sq += flat_latents.square().sum(dim=0)
+            self._latent_gram += flat_latents.T @ flat_latents  # (D, N) @ (N, D)
 
     @torch.no_grad()
     def iteration_completed(self, engine: Any) -> None:
@@ -271,10 +280,10 @@ class CodebookCoverage(Metric):
         self.update(self._output_transform(engine.state.output))
 
     # ------------------------------------------------------------------ result
-    @sync_all_reduce("_counts", "_latent_count", "_latent_sum", "_latent_sum_sq")
-    def _reduced_state(self) -> tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]:
+    @sync_all_reduce("_counts", "_latent_count", "_latent_sum", "_latent_sum_sq", "_latent_gram")
+    def _reduced_state(self) -> tuple[torch.Tensor, int, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Counts and moments summed over all ranks (this rank's own in a single process)."""
-        return self._counts, int(self._latent_count), self._latent_sum, self._latent_sum_sq
+        return self._counts, int(self._latent_count), self._latent_sum, self._latent_sum_sq, self._latent_gram
 
     def compute(self) -> dict[str, float | int]:
         """The coverage numbers of everything passed to :meth:`update` since the last :meth:`reset`.
@@ -298,12 +307,14 @@ class CodebookCoverage(Metric):
             # no latents on this rank: zeros of the codebook's dimension, so every rank all-reduces the same shapes
             self._latent_sum = torch.zeros(table.shape[1], dtype=self._double_dtype, device=self._device)
             self._latent_sum_sq = torch.zeros_like(self._latent_sum)
+            self._latent_gram = torch.zeros(table.shape[1], table.shape[1], dtype=self._double_dtype,
+                                            device=self._device)
         elif self._latent_sum.numel() != table.shape[1]:
             raise ValueError(
                 f"latents have dimension {self._latent_sum.numel()} but the codebook has {table.shape[1]}."
             )
         # 2. whole-set sums over all ranks
-        counts, n, s1, s2 = self._reduced_state()
+        counts, n, s1, s2, gram = self._reduced_state()
         num_latents = int(counts.sum())
         if num_latents == 0:
             raise NotComputableError(
@@ -319,10 +330,15 @@ class CodebookCoverage(Metric):
             "code_distance_used": mean_code_distance(table, mask=used.to(table.device), chunk_size=self.chunk_size),
             "dead_codes": dead_codes(counts),
             "num_latents": num_latents,
+            # the effective dimension of the codes the tokens use (dead codes of a random init would add noise)
+            "codebook_effective_dim": (effective_dimension(table[used.to(table.device)])
+                                       if int(used.sum()) >= 2 else float("nan")),
         }
         # 4. shrinkage, only when latents were given: trace(cov) = sum_d (S2_d - S1_d^2 / n) / (n - 1)
         if n > 0:
             latent_trace = float(((s2 - s1.square() / n) / (n - 1)).sum()) if n > 1 else float("nan")
             defined = table.shape[0] > 1 and latent_trace > 0  # False for nan too
             result["shrinkage"] = shrinkage(table, latent_trace) if defined else float("nan")
+            result["latent_effective_dim"] = (effective_dimension(covariance_from_moments(n, s1, gram),
+                                                                  is_covariance=True) if n > 1 else float("nan"))
         return {self.prefix + key: value for key, value in result.items()}

@@ -170,7 +170,8 @@ def test_streaming_trace_covariance_equals_concatenated():
 def test_dict_keys_land_in_engine_state_metrics_and_reset_each_epoch():
     batches = _batches((2, 2))
     engine = _run(CodebookCoverage(torch.randn(16, 3), prefix="val_"), batches, max_epochs=2)
-    keys = {"usage", "perplexity", "code_distance", "code_distance_used", "dead_codes", "num_latents", "shrinkage"}
+    keys = {"usage", "perplexity", "code_distance", "code_distance_used", "dead_codes", "num_latents", "shrinkage",
+            "codebook_effective_dim", "latent_effective_dim"}
     assert {"val_" + k for k in keys} <= set(engine.state.metrics)
     assert set(engine.state.metrics["coverage"]) == {"val_" + k for k in keys}  # also the dict under its name
     assert all(isinstance(v, (int, float)) for k, v in engine.state.metrics.items() if k != "coverage")
@@ -307,3 +308,42 @@ def test_coverage_accepts_a_tokenizer_and_rejects_a_module_without_codebook():
     assert CodebookCoverage(Tokenizer()).num_embeddings == 12
     with pytest.raises(TypeError, match="Linear module without a `codebook` attribute"):
         CodebookCoverage(torch.nn.Linear(2, 2))
+
+
+def test_effective_dimension_by_hand():
+    from medvq.metrics import covariance_from_moments, effective_dimension
+
+    # eigenvalues 1, 1, 0.01 -> p = (1, 1, 0.01) / 2.01, exp(H(p)) computed by hand
+    cov = torch.diag(torch.tensor([1.0, 1.0, 0.01], dtype=torch.float64))
+    p = torch.tensor([1.0, 1.0, 0.01], dtype=torch.float64) / 2.01
+    assert effective_dimension(cov, is_covariance=True) == pytest.approx(float((-(p * p.log()).sum()).exp()), rel=1e-12)
+    assert effective_dimension(torch.eye(4, dtype=torch.float64), is_covariance=True) == pytest.approx(4.0)
+    # points on a line have dimension 1, whatever their scale; an isotropic cloud has about D
+    line = torch.linspace(-3, 3, 50)[:, None] * torch.tensor([[1.0, 2.0, -1.0]])
+    assert effective_dimension(line) == pytest.approx(1.0, abs=1e-6)
+    g = torch.Generator().manual_seed(0)
+    cloud = torch.randn(20000, 5, generator=g, dtype=torch.float64)
+    assert effective_dimension(cloud) == pytest.approx(5.0, abs=0.02)
+    assert effective_dimension(cloud * 1e-3) == pytest.approx(effective_dimension(cloud), rel=1e-9)
+    # the streaming form equals torch.cov
+    n, total, gram = cloud.shape[0], cloud.sum(0), cloud.T @ cloud
+    torch.testing.assert_close(covariance_from_moments(n, total, gram), torch.cov(cloud.T))
+    assert math.isnan(effective_dimension(torch.zeros(3, 3, dtype=torch.float64), is_covariance=True))
+    with pytest.raises(ValueError, match="covariance must be square"):
+        effective_dimension(torch.zeros(3, 2), is_covariance=True)
+    with pytest.raises(ValueError, match="N >= 2 rows"):
+        effective_dimension(torch.zeros(1, 2))
+
+
+def test_coverage_reports_the_effective_dimension_of_latents_and_used_codes():
+    from medvq.metrics import effective_dimension
+
+    g = torch.Generator().manual_seed(1)
+    # latents on a 2-D plane of a 3-D space; codes 0..3 used, code 4 unused and far off the plane
+    latents = torch.randn(64, 3, generator=g) * torch.tensor([1.0, 1.0, 0.0])
+    codebook = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [-1.0, 0, 0], [0, -1.0, 0], [0, 0, 9.0]])
+    metric = CodebookCoverage(codebook)
+    metric.update({"indices": torch.arange(64) % 4, "latents": latents})
+    out = metric.compute()
+    assert out["latent_effective_dim"] == pytest.approx(effective_dimension(latents), rel=1e-9)
+    assert out["codebook_effective_dim"] == pytest.approx(2.0, rel=1e-9)  # the unused code 4 is left out
