@@ -1,6 +1,7 @@
 """Ignite/MONAI engines: the tokenizer trainer (generator step + discriminator step) and its evaluator."""
 
 from medvq.engines.generator_evaluator import GeneratorEvalKeys, GeneratorEvaluator
+from medvq.engines.param_groups import tokenizer_parameter_groups
 from medvq.engines.tokenizer_evaluator import TokenizerEvalKeys, TokenizerEvaluator
 from medvq.engines.tokenizer_trainer import TokenizerKeys, TokenizerTrainer
 from medvq.engines.var_batch import VARPrepareBatch
@@ -14,5 +15,6 @@ __all__ = [
     "TokenizerKeys",
     "TokenizerTrainer",
     "VARPrepareBatch",
+    "tokenizer_parameter_groups",
     "unwrap_model",
 ]
