@@ -282,3 +282,28 @@ def test_stage2_trains_on_the_fly_without_precomputing(trained, tmp_path, monkey
     assert calls == []  # nothing was pre-computed: every batch was tokenized from its (randomly flipped) images
     assert trainer.state.epoch == 1 and 0 <= trainer.state.metrics["token_acc"] <= 1
     assert json.loads((tmp_path / "generator" / "run_info.json").read_text())["precompute_tokens"] is False
+
+
+@pytest.mark.slow
+def test_deferred_beats_standard_on_the_multiscale_codebook(tmp_path):
+    """The odir_var quickstart stage 1 (16 epochs, seed 0) with the shipped recipe, standard vs deferred.
+
+    What holds on every seed measured (docs/results.md): the deferred codebook is born covering the residuals and
+    stays about 1.7-1.8x wider (mean code distance) at no cost in PSNR. Its perplexity does not beat standard's at this
+    scale once both have EMA updates and dead-code revival, so the ratio asserted is the code distance.
+    """
+    results, switch = {}, None
+    for schedule in ("standard", "deferred"):
+        workflow = _run([STAGE1, QUICKSTART, str(ROOT / "configs" / "schedules" / f"{schedule}.json")], "training",
+                        output_dir=str(tmp_path / schedule), seed=0)
+        results[schedule] = dict(workflow.parser.get_parsed_content("validate#evaluator").state.metrics)
+        if schedule == "deferred":
+            switch = workflow.parser.get_parsed_content("train#trainer").state.deferred_switch
+        workflow.finalize()
+    standard, deferred = results["standard"], results["deferred"]
+    assert switch["epoch"] == 8 and switch["usage"] > 0.95  # born covering the residuals it was made from
+    assert deferred["val_code_distance"] > 1.4 * standard["val_code_distance"], (standard, deferred)
+    assert deferred["val_shrinkage"] > standard["val_shrinkage"]
+    # PSNR of one run moves by about 1 dB with thread count and kernels (standard seed 0: 22.3 dB in the study's
+    # one-thread runs, 24.5 dB here): only "not clearly worse" is asserted
+    assert deferred["val_psnr"] > standard["val_psnr"] - 1.0
