@@ -185,6 +185,11 @@ class DeferredQuantizationHandler:
             return
         self.switch(engine)
 
+    def _images(self, batch: Any) -> torch.Tensor:
+        """The image tensor of a batch (a dict keyed by ``image_key`` or a sequence), MetaTensor unwrapped."""
+        images = batch[self.image_key] if isinstance(batch, dict) else batch[0]
+        return images.as_tensor() if hasattr(images, "as_tensor") else images
+
     # ------------------------------------------------------------------------------------------- the auto rule
     @torch.no_grad()
     def latent_effective_dimension(self, engine: Engine) -> float:
@@ -198,8 +203,7 @@ class DeferredQuantizationHandler:
             loader = self.data_loader if self.data_loader is not None else engine.data_loader
             parts, count = [], 0
             for batch in loader:
-                images = batch[self.image_key] if isinstance(batch, dict) else batch[0]
-                images = images.as_tensor() if hasattr(images, "as_tensor") else images
+                images = self._images(batch)
                 parts.append(images.detach().float().cpu())
                 count += images.shape[0]
                 if count >= self.auto_probe_images:
@@ -274,8 +278,7 @@ class DeferredQuantizationHandler:
         chunks, collected, batches = [], 0, 0
         try:
             for batch in loader:
-                images = batch[self.image_key] if isinstance(batch, dict) else batch[0]
-                images = images.as_tensor() if hasattr(images, "as_tensor") else images
+                images = self._images(batch)
                 with autocast:
                     latents = tokenizer.encode(images.to(device).float())  # (B, D, *spatial)
                 latents = latents.float()  # as the quantizer's forward sees them (it computes in float32)
