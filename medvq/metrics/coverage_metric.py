@@ -56,6 +56,21 @@ def _codebook_source(codebook: Any) -> Any:
     return codebook
 
 
+def _read_table(source: Any) -> torch.Tensor:
+    """The ``(K, D)`` table of a :func:`_codebook_source` result (tensor, object with ``codebook``, or callable)."""
+    if isinstance(source, torch.Tensor):
+        table = source
+    elif hasattr(source, "codebook"):
+        table = source.codebook
+    else:
+        table = source()
+    if not isinstance(table, torch.Tensor):
+        raise TypeError(f"codebook must provide a (K, D) tensor, got {type(table).__name__}.")
+    if table.ndim != 2:
+        raise ValueError(f"codebook must have shape (K, D), got {tuple(table.shape)}.")
+    return table.detach()
+
+
 class CodebookCoverage(Metric):
     """Codebook usage, perplexity, code distance, dead codes and shrinkage over a whole evaluation set.
 
@@ -153,18 +168,7 @@ class CodebookCoverage(Metric):
     # ------------------------------------------------------------------ codebook
     def _read_codebook(self) -> torch.Tensor:
         """The ``(K, D)`` table as it is now, detached."""
-        source = self._codebook
-        if isinstance(source, torch.Tensor):
-            table = source
-        elif hasattr(source, "codebook"):
-            table = source.codebook
-        else:
-            table = source()
-        if not isinstance(table, torch.Tensor):
-            raise TypeError(f"codebook must provide a (K, D) tensor, got {type(table).__name__}.")
-        if table.ndim != 2:
-            raise ValueError(f"codebook must have shape (K, D), got {tuple(table.shape)}.")
-        return table.detach()
+        return _read_table(self._codebook)
 
     def _resolve_num_embeddings(self, num_embeddings: int | None) -> int:
         if isinstance(self._codebook, torch.Tensor):

@@ -17,7 +17,7 @@ import torch
 from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 
-from medvq.metrics.coverage_metric import _codebook_source
+from medvq.metrics.coverage_metric import _codebook_source, _read_table
 from medvq.metrics.coverage import code_usage, covariance_from_moments, effective_dimension, perplexity_from_counts
 
 __all__ = ["ScaleCoverage"]
@@ -117,11 +117,7 @@ class ScaleCoverage(Metric):
             result[f"{p}perplexity_s{k}"] = float(perplexity_from_counts(counts))
             result[f"{p}usage_s{k}"] = code_usage(counts)
         if int(self._res_count.sum()) > 0:
-            table = None
-            if self._codebook is not None:
-                source = self._codebook
-                table = (source if isinstance(source, torch.Tensor) else
-                         source.codebook if hasattr(source, "codebook") else source()).detach().double().cpu()
+            table = None if self._codebook is None else _read_table(self._codebook).double().cpu()
             for k, counts in enumerate(self._counts):
                 n = int(self._res_count[k])
                 result[f"{p}residual_effective_dim_s{k}"] = (effective_dimension(

@@ -94,3 +94,28 @@ def test_sample_var_rejects_a_generator_on_another_device():
     var = var_tiny(num_embeddings=16, embedding_dim=4, scale_lengths=tokenizer.quantizer.scale_lengths)
     with pytest.raises(ValueError, match="generator must be a torch.Generator on var's device"):
         sample_var(var, tokenizer.quantizer, None, num_samples=1, generator="seed")
+
+
+def test_scale_coverage_reports_effective_dimension_per_scale():
+    from medvq.metrics import effective_dimension
+
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.tensor([[0, 1, 2, 1, 3], [1, 2, 3, 0, 0]])  # (B=2, L=1+4)
+    # scale 0's residuals lie on a line, scale 1's spread in 3 dimensions
+    line = torch.randn(2, 1, generator=g) * torch.tensor([[1.0, 2.0, 0.0]])
+    cloud = torch.randn(2, 4, 3, generator=g)
+    residuals = torch.cat([line[:, None], cloud], dim=1).reshape(-1, 3)  # (B * L, D), image by image
+    codebook = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [1.0, 1.0, 1.0]])
+    metric = ScaleCoverage(num_embeddings=4, scale_lengths=[1, 4], output_transform=lambda x: x, codebook=codebook)
+    metric.update((tokens, residuals))
+    out = metric.compute()
+    assert out["residual_effective_dim_s0"] == pytest.approx(1.0, abs=1e-9)  # two points: one direction
+    assert out["residual_effective_dim_s1"] == pytest.approx(effective_dimension(cloud.reshape(-1, 3)), rel=1e-9)
+    # codes used at scale 0 are 0 and 1; at scale 1 all four
+    assert out["codebook_effective_dim_s0"] == pytest.approx(effective_dimension(codebook[[0, 1]]), rel=1e-9)
+    assert out["codebook_effective_dim_s1"] == pytest.approx(effective_dimension(codebook), rel=1e-9)
+    with pytest.raises(ValueError, match=r"residuals must be \(B \* L, D\)"):
+        metric.update((tokens, residuals[:3]))
+    tokens_only = ScaleCoverage(num_embeddings=4, scale_lengths=[1, 4], output_transform=lambda x: x)
+    tokens_only.update(tokens)
+    assert not any("effective_dim" in key for key in tokens_only.compute())  # no residuals, no such keys
