@@ -10,7 +10,9 @@ recognised under ``dataset_dir`` (checked in this order):
 - ``xlsx`` (same Kaggle download): ``ODIR-5K/ODIR-5K/data.xlsx`` + ``ODIR-5K/ODIR-5K/Training Images/``.
 
 The Kaggle download holds both ``full_df.csv`` and ``ODIR-5K/ODIR-5K/data.xlsx``; the csv (pre-cropped, resized
-images) is picked; pass ``annotations="ODIR-5K/ODIR-5K/data.xlsx"`` for the original photographs instead.
+images) is picked; pass ``annotations="ODIR-5K/ODIR-5K/data.xlsx"`` for the original photographs instead. Of an
+xlsx, the first sheet whose header (one of its first 5 non-empty rows) names the annotation columns is read, so a
+README sheet in front of the table is passed over and named in the log.
 
 Keyword to class mapping. Keywords are lower-cased, hyphens read as spaces, runs of spaces collapsed; a cell holds
 several keywords joined by the full-width comma "，" (U+FF0C) or by ","; each keyword sets the first class whose
@@ -29,8 +31,10 @@ pattern it contains:
   loaders map them to O too.
 
 Unusable-image markers (:data:`UNUSABLE_KEYWORDS`, matched as substrings): an image whose keywords contain one is
-skipped, whatever else its keywords say. Images that are missing or cannot be decoded are skipped too. Every skipped
-image is returned in :attr:`OdirDatalist.skipped` with its reason, summarised by ``logging.warning`` and, with
+skipped, whatever else its keywords say. Images that are missing, cannot be decoded or show no field of view (no pixel
+whose channel mean exceeds :data:`medvq.transforms.FOREGROUND_THRESHOLD`, e.g. all black: the border crop of
+:func:`medvq.transforms.fundus_preprocessing` would stop training on them) are skipped too. Every skipped image is
+returned in :attr:`OdirDatalist.skipped` with its reason, summarised by ``logging.warning`` and, with
 ``output_dir``, listed in ``output_dir/skipped_images.csv``; nothing is dropped silently.
 
 Limitations: the Kaggle ``full_df.csv`` keeps one (single) class per image in its ``labels`` column; that column is
@@ -49,12 +53,17 @@ import os
 import re
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice, repeat
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 from PIL import Image
+
+from medvq.transforms.fundus import FOREGROUND_THRESHOLD, ForegroundAbove
+from medvq.transforms.fundus import _to_rgb as _loader_rgb  # the training loader's converter: same pixels here
 
 __all__ = [
     "CLASSES",
@@ -123,7 +132,20 @@ _HOW_TO_OBTAIN = (
     "(odir2019.grand-challenge.org) or as the Kaggle dataset 'ocular-disease-recognition-odir5k', unpack it, and "
     "pass the unpacked folder as dataset_dir (in a bundle: --dataset_dir <folder>)."
 )
+_HEADER_ROWS = 5  # the header row is looked for among a table's first non-empty rows (a title row may sit above it)
+_TABLE_COLUMNS = (
+    "an ODIR-5K table has ID, Left-Fundus, Right-Fundus, Left-Diagnostic Keywords, Right-Diagnostic Keywords, "
+    "N..O (and filename, labels in the Kaggle full_df.csv)"
+)
 _SKIPPED_CSV = "skipped_images.csv"
+_DRAFT_SCALE = 8  # JPEGs are screened at 1/8 scale: libjpeg then decodes only each 8x8 block's mean (DC term)
+# A 1/8-scale pixel is about the mean of an 8x8 block, so a draft pixel above threshold + margin stands for a
+# full-resolution pixel above threshold. Colour conversion and clamping make the draft's brightest channel mean
+# exceed the full image's by up to 8 levels (measured on 9,400 random dark JPEGs: checkers, saturated single
+# channels, noise, blobs; where the full image's is <= 10 the draft's reached 12.7), hence the margin of 20.
+# Anything darker is decided at full resolution, as the training loader decodes it: real fundus discs are far brighter.
+_DRAFT_MARGIN = 20.0
+_SCREEN_ROWS = 64  # rows tested at a time: bounds ForegroundAbove's float32 copy and stops at the first foreground
 _SKIPPED_FIELDS = ("file", "patient_id", "eye", "reason", "keywords")
 
 
@@ -271,50 +293,104 @@ def _column_key(name: Any) -> str:
     return re.sub(r"[^a-z0-9]", "", str(name).lower())
 
 
-def _read_table(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
-    """Normalised column names and rows (dicts keyed by them) of an xlsx (first sheet) or csv table; empty rows
-    are dropped."""
+class _Table(NamedTuple):
+    """An annotation table as read by :func:`_read_table`."""
+
+    where: str  # "annotation table '<path>'" (+ ", sheet '<name>'" for an xlsx), the start of error messages
+    header: list[str]  # normalised column names (:func:`_column_key`)
+    rows: list[tuple[int, dict[str, Any]]]  # (row number in the file or sheet, values keyed by header)
+
+
+def _numbered_rows(rows: Iterable[Sequence[Any]]) -> Iterator[tuple[int, list[Any]]]:
+    """``(1-based row number, values)`` of each row that holds a value: empty rows are dropped, numbers stay true."""
+    for number, row in enumerate(rows, start=1):
+        values = list(row)
+        if any(v not in (None, "") for v in values):
+            yield number, values
+
+
+def _header_index(rows: Sequence[tuple[int, list[Any]]], required: Sequence[str]) -> tuple[int | None, list[str]]:
+    """Index in ``rows`` of the first of its first :data:`_HEADER_ROWS` rows naming every ``required`` column and
+    ``[]``; or ``None`` and the columns missing from the row that names the most of them."""
+    fewest = list(required)
+    for index, (_, values) in enumerate(rows[:_HEADER_ROWS]):
+        names = {_column_key(v) for v in values if v is not None}
+        missing = [n for n in required if _column_key(n) not in names]
+        if not missing:
+            return index, []
+        if len(missing) < len(fewest):
+            fewest = missing
+    return None, fewest
+
+
+def _read_table(path: Path, required: Sequence[str]) -> _Table:
+    """Read a csv, or the first sheet of an xlsx whose header names every ``required`` column.
+
+    The header is the first of the first :data:`_HEADER_ROWS` non-empty rows that names them all (so a title row
+    above it is fine); the rows below it are the data. A sheet other than the first is logged.
+
+    Raises:
+        ValueError: no header with the ``required`` columns (for an xlsx: in no sheet; the message lists each sheet
+            and what it lacks), or no data row below the header.
+    """
     if path.suffix.lower() == ".csv":
         with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f))
+            rows = list(_numbered_rows(csv.reader(f)))
+        where = f"annotation table '{path}'"
+        index, missing = _header_index(rows, required)
+        if index is None:
+            raise ValueError(
+                f"{where} lacks the column(s) {missing} (its header is looked for in the first {_HEADER_ROWS} "
+                f"non-empty rows); {_TABLE_COLUMNS}. Pass the ODIR-5K table itself as annotations."
+            )
     else:
         try:
             import openpyxl
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise ImportError(f"reading '{path}' needs openpyxl: pip install openpyxl") from e
         workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+        looked: list[str] = []  # what each sheet before the chosen one lacks
         try:
-            rows = [list(r) for r in workbook.worksheets[0].iter_rows(values_only=True)]
+            for sheet in workbook.worksheets:
+                numbered = _numbered_rows(sheet.iter_rows(values_only=True))
+                rows = list(islice(numbered, _HEADER_ROWS))  # a README sheet is not read further
+                index, missing = _header_index(rows, required)
+                if index is not None:
+                    rows += numbered
+                    break
+                looked.append(f"sheet '{sheet.title}' " + (f"lacks the column(s) {missing}" if rows else "is empty"))
+            else:
+                raise ValueError(
+                    f"annotation table '{path}' has no sheet whose header names the annotation columns "
+                    f"{list(required)} (looked for in the first {_HEADER_ROWS} non-empty rows of each sheet): "
+                    f"{'; '.join(looked) or 'it has no worksheet'}. Pass the ODIR-5K table itself as annotations "
+                    f"(the official '{_OFFICIAL_XLSX}' or the Kaggle 'data.xlsx'), or put its rows, under a header "
+                    "with these columns, in one sheet of this workbook."
+                )
+            where = f"annotation table '{path}', sheet '{sheet.title}'"
         finally:
             workbook.close()
-    rows = [r for r in rows if any(v not in (None, "") for v in r)]
-    if len(rows) < 2:
-        raise ValueError(f"annotation table '{path}' has no data rows.")
-    header = [_column_key(h) for h in rows[0]]
-    return header, [dict(zip(header, r)) for r in rows[1:]]
+        if looked:
+            logger.info("ODIR-5K: reading sheet '%s' of '%s' (%s).", sheet.title, path, "; ".join(looked))
+    header_row, names = rows[index]
+    header = [_column_key(h) for h in names]
+    data = rows[index + 1 :]
+    if not data:
+        raise ValueError(f"{where} has no data rows below its header (row {header_row}).")
+    return _Table(where, header, [(number, dict(zip(header, values))) for number, values in data])
 
 
-def _require_columns(path: Path, header: list[str], names: Sequence[str]) -> None:
-    missing = [n for n in names if _column_key(n) not in header]
-    if missing:
-        raise ValueError(
-            f"annotation table '{path}' lacks the column(s) {missing}; an ODIR-5K table has "
-            "ID, Left-Fundus, Right-Fundus, Left-Diagnostic Keywords, Right-Diagnostic Keywords, N..O "
-            "(and filename, labels in the Kaggle full_df.csv)."
-        )
-
-
-def _patient_id(path: Path, row_number: int, value: Any) -> int:
+def _patient_id(where: str, row_number: int, value: Any) -> int:
     try:
         number = float(value)
         if number != int(number):
             raise ValueError
         return int(number)
     except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"annotation table '{path}', row {row_number}: ID {value!r} is not an integer.") from None
+        raise ValueError(f"{where}, row {row_number}: ID {value!r} is not an integer.") from None
 
 
-def _csv_label(path: Path, row_number: int, value: Any) -> list[float]:
+def _csv_label(where: str, row_number: int, value: Any) -> list[float]:
     try:
         letters = ast.literal_eval(str(value))
     except (ValueError, SyntaxError):
@@ -323,7 +399,7 @@ def _csv_label(path: Path, row_number: int, value: Any) -> list[float]:
         letters = [letters]
     if not isinstance(letters, (list, tuple)) or not all(isinstance(x, str) and x in CLASSES for x in letters):
         raise ValueError(
-            f"annotation table '{path}', row {row_number}: labels {value!r} is not a list of ODIR classes "
+            f"{where}, row {row_number}: labels {value!r} is not a list of ODIR classes "
             f"{list(CLASSES)} such as \"['N']\"."
         )
     return [1.0 if c in letters else 0.0 for c in CLASSES]
@@ -331,18 +407,16 @@ def _csv_label(path: Path, row_number: int, value: Any) -> list[float]:
 
 def _entries(layout: OdirLayout, unusable_keywords: Sequence[str]) -> list[dict[str, Any]]:
     """One entry per eye image named by the table: the datalist item fields plus ``row`` and ``reason`` (or None)."""
-    path = layout.annotations
-    header, rows = _read_table(path)
-    common = ["ID", "Left-Diagnostic Keywords", "Right-Diagnostic Keywords"]
-    if layout.layout == "csv":
-        _require_columns(path, header, common)
-        if "filename" not in header and "filepath" not in header:
-            raise ValueError(f"annotation table '{path}' has neither a 'filename' nor a 'filepath' column.")
-    else:
-        _require_columns(path, header, [*common, "Left-Fundus", "Right-Fundus"])
+    required = ["ID", "Left-Diagnostic Keywords", "Right-Diagnostic Keywords"]
+    if layout.layout != "csv":
+        required += ["Left-Fundus", "Right-Fundus"]
+    table = _read_table(layout.annotations, required)
+    where = table.where
+    if layout.layout == "csv" and "filename" not in table.header and "filepath" not in table.header:
+        raise ValueError(f"{where} has neither a 'filename' nor a 'filepath' column.")
     entries = []
-    for row_number, row in enumerate(rows, start=2):  # row 1 is the header
-        pid = _patient_id(path, row_number, row.get("id"))
+    for row_number, row in table.rows:
+        pid = _patient_id(where, row_number, row.get("id"))
         if layout.layout == "csv":
             name = str(row.get("filename") or Path(str(row.get("filepath"))).name).strip()
             stem = Path(name).stem.lower()
@@ -352,7 +426,7 @@ def _entries(layout: OdirLayout, unusable_keywords: Sequence[str]) -> list[dict[
                 eye = "right"
             else:
                 raise ValueError(
-                    f"annotation table '{path}', row {row_number}: cannot tell the eye of '{name}' (expected "
+                    f"{where}, row {row_number}: cannot tell the eye of '{name}' (expected "
                     "'<ID>_left.jpg' / '<ID>_right.jpg' or a match with Left-Fundus / Right-Fundus)."
                 )
             eyes = [(eye, name)]
@@ -363,7 +437,7 @@ def _entries(layout: OdirLayout, unusable_keywords: Sequence[str]) -> list[dict[
             keywords = "" if cell is None else str(cell).strip()
             label, unusable = keywords_to_label(keywords, unusable_keywords)
             if layout.layout == "csv" and row.get("labels") not in (None, ""):
-                label = _csv_label(path, row_number, row["labels"])
+                label = _csv_label(where, row_number, row["labels"])
             reason = None
             if unusable:
                 reason = f"unusable image keyword: {', '.join(unusable)}"
@@ -383,18 +457,47 @@ def _entries(layout: OdirLayout, unusable_keywords: Sequence[str]) -> list[dict[
     return entries
 
 
-def _image_problem(path: str) -> str | None:
-    """None when the file decodes, else why not. JPEGs decode at 1/8 scale (draft mode): it still reads the whole
-    compressed stream, so truncated files are caught, at a fraction of the full decoding time."""
+def _has_foreground(image: Image.Image, threshold: float) -> bool:
+    """Whether a pixel of ``image``, converted to RGB as the training loader does, has a channel mean above
+    ``threshold``: :class:`medvq.transforms.ForegroundAbove`, the test of ``FundusBorderCropd``."""
+    pixels = np.asarray(_loader_rgb(image))  # (H, W, 3) uint8
+    if pixels.max() <= threshold:  # a channel mean never exceeds the largest channel: a black image ends here
+        return False
+    select = ForegroundAbove(threshold)
+    for top in range(0, pixels.shape[0], _SCREEN_ROWS):
+        if select(np.moveaxis(pixels[top : top + _SCREEN_ROWS], -1, 0)).any():  # (3, rows, W) -> (1, rows, W)
+            return True
+    return False
+
+
+def _image_problem(path: str, threshold: float = FOREGROUND_THRESHOLD) -> str | None:
+    """None when the file decodes and shows a field of view, else why not.
+
+    JPEGs decode at 1/8 scale (draft mode): it still reads the whole compressed stream, so truncated files are
+    caught, at a fraction of the full decoding time. The draft can average a tiny bright field of view below the
+    threshold, so an image whose draft looks black is decoded again at full resolution before it is skipped: an
+    image is skipped only when the full-resolution pixels the training loader reads have no foreground.
+    """
     if not os.path.isfile(path):
         return "file not found"
     try:
         with Image.open(path) as image:
-            image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+            full_size = image.size
+            image.draft("RGB", (max(1, image.width // _DRAFT_SCALE), max(1, image.height // _DRAFT_SCALE)))
             image.load()
+            reduced = image.size != full_size
+            if _has_foreground(image, (threshold + _DRAFT_MARGIN) if reduced else threshold):
+                return None
+        if reduced:  # rare (near-black images only): a full decode settles it
+            with Image.open(path) as image:
+                if _has_foreground(image, threshold):
+                    return None
     except Exception as e:  # noqa: BLE001  PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
         return f"unreadable image: {type(e).__name__}: {e}"
-    return None
+    return (
+        f"no field of view: no pixel's channel mean exceeds {threshold:g} (0-255 scale; all black?), so the border "
+        "crop of the training preprocessing would fail on it"
+    )
 
 
 def _split_key(seed: int, unit: Any) -> str:
@@ -460,12 +563,15 @@ def build_odir_datalist(
     annotations: str | os.PathLike | None = None,
     unusable_keywords: Sequence[str] = UNUSABLE_KEYWORDS,
     check_images: bool = True,
+    foreground_threshold: float = FOREGROUND_THRESHOLD,
 ) -> OdirDatalist:
     """Build train / val datalists from an ODIR-5K folder, one item per usable eye image.
 
-    Steps: 1. detect the layout (module docstring); 2. read one entry per eye, labels from that eye's keywords
-    (csv: from its per-eye ``labels`` column); 3. skip images with an unusable-image keyword, no keyword, a missing
-    file or (``check_images``) a file that does not decode, each with its reason; 4. split by patient.
+    Steps: 1. detect the layout (module docstring); 2. read one entry per eye (xlsx: from the first sheet that
+    has the annotation columns), labels from that eye's keywords (csv: from its per-eye ``labels`` column);
+    3. skip images with an unusable-image keyword, no keyword, a missing file or (``check_images``) a file that does
+    not decode or has no field of view (no pixel whose channel mean exceeds ``foreground_threshold``: all black, or
+    black but for JPEG noise), each with its reason; 4. split by patient.
 
     Args:
         dataset_dir: the unpacked ODIR-5K folder.
@@ -479,8 +585,13 @@ def build_odir_datalist(
             detected.
         unusable_keywords: keyword substrings that make an image unusable; default :data:`UNUSABLE_KEYWORDS`.
         check_images: decode every listed image (JPEGs at 1/8 scale, in up to 8 threads; about 3 ms for a
-            1411 x 1411 JPEG on one core) so a corrupt or truncated file is reported here instead of failing
-            mid-epoch; default True. False only checks that the files exist.
+            1411 x 1411 JPEG on one core) so a corrupt, truncated or all-black file is reported here instead of
+            failing mid-epoch; an image that looks black at 1/8 scale is decoded again at full resolution (a tiny
+            bright field of view can average away), so none that the training preprocessing accepts is skipped.
+            Default True. False only checks that the files exist.
+        foreground_threshold: channel-mean intensity (0-255 scale) a pixel must exceed to count as field of view;
+            default :data:`medvq.transforms.FOREGROUND_THRESHOLD` (10), that of
+            :func:`medvq.transforms.fundus_preprocessing`; pass its ``threshold`` when you change it there.
 
     Returns:
         :class:`OdirDatalist` whose items are ``{"image": absolute path, "patient_id": int, "eye": "left" |
@@ -488,8 +599,8 @@ def build_odir_datalist(
 
     Raises:
         FileNotFoundError: no ODIR-5K at ``dataset_dir`` (the message says what was looked for and how to get it).
-        ValueError: a malformed table (missing column, non-integer ID, bad ``labels``), bad ``val_fraction`` or
-            ``split_by``, or no usable image at all.
+        ValueError: a malformed table (no sheet with the annotation columns, non-integer ID, bad ``labels``), bad
+            ``val_fraction``, ``split_by`` or ``foreground_threshold``, or no usable image at all.
 
     Example:
         >>> odir = build_odir_datalist("/data/ODIR-5K", output_dir="runs/odir_vq")  # doctest: +SKIP
@@ -501,6 +612,9 @@ def build_odir_datalist(
         raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}.")
     if isinstance(unusable_keywords, str):
         raise TypeError("unusable_keywords must be a sequence of strings, not one string.")
+    threshold = foreground_threshold
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold:
+        raise ValueError(f"foreground_threshold must be a number >= 0 (0-255 intensity scale), got {threshold!r}.")
     layout = detect_odir_layout(dataset_dir, annotations=annotations, image_dir=image_dir)
     logger.info(
         "ODIR-5K: reading %s layout from '%s', images in '%s'", layout.layout, layout.annotations, layout.image_dir
@@ -517,7 +631,7 @@ def build_odir_datalist(
     to_check = [e for e in entries if e["reason"] is None]
     if check_images:
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
-            problems = list(pool.map(_image_problem, [e["image"] for e in to_check]))
+            problems = list(pool.map(_image_problem, [e["image"] for e in to_check], repeat(float(threshold))))
     else:
         problems = [None if os.path.isfile(e["image"]) else "file not found" for e in to_check]
     for entry, problem in zip(to_check, problems):

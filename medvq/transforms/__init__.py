@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from medvq.transforms.fundus import (
+    FOREGROUND_THRESHOLD,
     CircularMaskd,
     ForegroundAbove,
     FundusBorderCropd,
@@ -12,6 +13,7 @@ from medvq.transforms.fundus import (
 )
 
 __all__ = [
+    "FOREGROUND_THRESHOLD",
     "CircularMaskd",
     "ForegroundAbove",
     "FundusBorderCropd",

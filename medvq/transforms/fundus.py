@@ -42,6 +42,7 @@ from monai.transforms import (
 )
 
 __all__ = [
+    "FOREGROUND_THRESHOLD",
     "CircularMaskd",
     "ForegroundAbove",
     "FundusBorderCropd",
@@ -49,6 +50,12 @@ __all__ = [
     "fundus_preprocessing",
     "make_dataset",
 ]
+
+
+FOREGROUND_THRESHOLD: float = 10.0
+"""Default channel-mean intensity (0-255 scale) above which a pixel belongs to the field of view: JPEG noise in the
+black border of ODIR images stays below it. :class:`FundusBorderCropd` crops to such pixels, and
+:func:`medvq.data.build_odir_datalist` skips images that have none, so they never reach training."""
 
 
 def _describe(img: Any, key: str) -> str:
@@ -99,17 +106,23 @@ class FundusBorderCropd(MapTransform):
 
     Args:
         keys: keys of the images to crop.
-        threshold: channel-mean intensity above which a pixel is foreground, >= 0; default 10.
+        threshold: channel-mean intensity above which a pixel is foreground, >= 0; default
+            :data:`FOREGROUND_THRESHOLD` (10).
         margin: pixels kept around the box (clipped at the image border), >= 0; default 0.
         allow_missing_keys: skip absent keys instead of raising KeyError; default False.
 
     Raises:
         ValueError (at call): an image with no pixel above ``threshold`` (all black, or already scaled to
             [0, 1]); the message names the file when the image carries MONAI metadata.
+            :func:`medvq.data.build_odir_datalist` skips such files when it builds the datalist.
     """
 
     def __init__(
-        self, keys: KeysCollection, threshold: float = 10.0, margin: int = 0, allow_missing_keys: bool = False
+        self,
+        keys: KeysCollection,
+        threshold: float = FOREGROUND_THRESHOLD,
+        margin: int = 0,
+        allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold < 0:
@@ -216,7 +229,7 @@ def fundus_preprocessing(
     keys: KeysCollection = "image",
     image_size: int = 256,
     train: bool = True,
-    threshold: float = 10.0,
+    threshold: float = FOREGROUND_THRESHOLD,
     flip_prob: float = 0.5,
     label_key: str | None = "label",
 ) -> Compose:
@@ -234,7 +247,9 @@ def fundus_preprocessing(
         keys: image key(s); default ``"image"``.
         image_size: output side S in pixels, >= 8; default 256 (the paper-scale setting).
         train: add the random horizontal flip; default True. Use False for validation and inference.
-        threshold: border-crop threshold on the 0-255 scale (:class:`FundusBorderCropd`); default 10.
+        threshold: border-crop threshold on the 0-255 scale (:class:`FundusBorderCropd`); default
+            :data:`FOREGROUND_THRESHOLD` (10). Pass the same value to ``build_odir_datalist(foreground_threshold=)``
+            so the images it keeps all pass the crop.
         flip_prob: probability of the flip when ``train``; default 0.5 (0 disables it).
         label_key: key of a label list to turn into a float32 tensor (absent keys are fine); default ``"label"``;
             ``None`` leaves labels alone.

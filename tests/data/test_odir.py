@@ -20,6 +20,7 @@ from medvq.data import (
     split_datalist,
     write_datalist_json,
 )
+from medvq.transforms import FOREGROUND_THRESHOLD, fundus_preprocessing
 
 HEADER = [
     "ID", "Patient Age", "Patient Sex", "Left-Fundus", "Right-Fundus",
@@ -75,12 +76,18 @@ def _patient_row(pid: int, left: str, right: str) -> list:
 
 
 def _write_xlsx(path: Path, rows: list[list], header: list[str] = HEADER) -> None:
+    _write_workbook(path, [("Sheet", [header, *rows])])
+
+
+def _write_workbook(path: Path, sheets: list[tuple[str, list[list]]]) -> None:
+    """An xlsx with the given (title, rows) sheets, in order."""
     path.parent.mkdir(parents=True, exist_ok=True)
     workbook = openpyxl.Workbook()
-    sheet = workbook.active
-    sheet.append(header)
-    for row in rows:
-        sheet.append(row)
+    workbook.remove(workbook.active)
+    for title, rows in sheets:
+        sheet = workbook.create_sheet(title)
+        for row in rows:
+            sheet.append(row)
     workbook.save(path)
 
 
@@ -229,6 +236,100 @@ def test_split_datalist_by_patient_and_by_image():
     assert split_datalist(items[:2], val_fraction=0.5).val == []  # one patient: never all of them in val
 
 
+# ------------------------------------------------------------------------------------- images that cannot train
+def _save(path: Path, array: np.ndarray, **kwargs) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, **kwargs)
+
+
+def _one_bright_pixel_jpeg(path: Path) -> None:
+    """400 x 400 black but for one white pixel: at the screening's 1/8 scale its block averages to ~4, below 10."""
+    array = np.zeros((400, 400, 3), np.uint8)
+    array[203, 198] = 255
+    _save(path, array, format="JPEG", quality=95)
+
+
+def _innermost(error: BaseException) -> BaseException:
+    while error.__cause__ is not None:  # MONAI's Compose wraps a transform's error in a RuntimeError
+        error = error.__cause__
+    return error
+
+
+def test_images_without_field_of_view_are_skipped_and_every_kept_image_trains(tmp_path, caplog):
+    root = tmp_path / "odir"
+    names = {(p[0], eye): f"{p[0]}_{eye}.jpg" for p in PATIENTS for eye in ("left", "right")}
+    names |= {(7, "left"): "7_left.png", (9, "left"): "9_left.png", (9, "right"): "9_right.png",
+              (10, "left"): "10_left.png", (10, "right"): "10_right.png"}  # fmt: skip
+    rows = [_patient_row(*p) for p in PATIENTS]
+    for row in rows:
+        row[3:5] = names[(row[0], "left")], names[(row[0], "right")]
+    _write_xlsx(root / "ODIR-5K_Training_Annotations(Updated)_V2.xlsx", rows)
+    image_dir = root / "ODIR-5K_Training_Dataset"
+    _write_images(image_dir, list(names.values()))
+    gray = np.zeros((40, 52), np.uint8)
+    gray[6:34, 8:44] = 140
+    unusable = {  # decode fine, but no pixel's channel mean exceeds 10: FundusBorderCropd would stop the run
+        (5, "left"): lambda p: _save(p, np.zeros((60, 80, 3), np.uint8), format="JPEG"),  # all black
+        (6, "right"): lambda p: _save(p, np.zeros((1, 1, 3), np.uint8), format="JPEG"),  # 1 x 1 black
+        (7, "left"): lambda p: _save(p, np.zeros((1, 1, 3), np.uint8)),  # 1 x 1 black PNG
+        (10, "right"): lambda p: _save(p, (gray // 20).astype(np.uint16)),  # 16-bit PNG, values <= 7
+    }
+    usable = {  # odd but fine: the loader makes RGB of them and they have a field of view
+        (8, "left"): _one_bright_pixel_jpeg,
+        (9, "left"): lambda p: _save(p, gray),  # grayscale PNG
+        (9, "right"): lambda p: _save(p, np.dstack([gray, gray, gray, np.full_like(gray, 255)])),  # RGBA PNG
+        (10, "left"): lambda p: _save(p, gray.astype(np.uint16) * 257),  # 16-bit grayscale PNG
+        (11, "left"): lambda p: _save(p, np.full((1, 1, 3), 200, np.uint8)),  # 1 x 1, bright: crops, pads, resizes
+    }
+    for key, write in {**unusable, **usable}.items():
+        write(image_dir / names[key])
+
+    with caplog.at_level(logging.WARNING, logger="medvq.data.odir"):
+        odir = build_odir_datalist(root, output_dir=tmp_path / "run", val_fraction=0.25)
+
+    reasons = {(s["patient_id"], s["eye"]): s["reason"] for s in odir.skipped}
+    assert set(reasons) == {(1, "right"), (2, "right"), (3, "right"), (4, "left"), *unusable}
+    for key in unusable:
+        assert reasons[key].startswith("no field of view: no pixel's channel mean exceeds 10 "), key
+    with open(tmp_path / "run" / "skipped_images.csv", newline="", encoding="utf-8") as f:
+        listed = {(int(r["patient_id"]), r["eye"]): (r["file"], r["reason"]) for r in csv.DictReader(f)}
+    assert listed == {(s["patient_id"], s["eye"]): (s["file"], s["reason"]) for s in odir.skipped}
+    assert listed[(6, "right")][0] == str(image_dir / "6_right.jpg")
+    warning = " ".join(r.getMessage() for r in caplog.records)
+    assert "skipped 8 of 24 images" in warning and "4 no field of view" in warning and "2 unreadable image" in warning
+
+    # end to end: the training preprocessing runs on every kept image, and fails on every image skipped for pixels
+    kept = odir.train + odir.val
+    assert {(i["patient_id"], i["eye"]) for i in kept} >= set(usable) and len(kept) == 16
+    preprocessing = fundus_preprocessing(keys="image", image_size=64, train=True)
+    for item in kept:
+        image = preprocessing(dict(item))["image"]
+        assert image.shape == (3, 64, 64) and -1 <= float(image.min()) < float(image.max()) <= 1, item["image"]
+    for key in unusable:
+        with pytest.raises(RuntimeError) as info:
+            preprocessing({"image": str(image_dir / names[key])})
+        assert "has no pixel whose channel mean exceeds 10" in str(_innermost(info.value)), key
+
+
+def test_tiny_bright_field_of_view_missed_at_reduced_scale_is_kept(tmp_path):
+    root = tmp_path / "odir"
+    _write_xlsx(root / "ODIR-5K_Training_Annotations(Updated)_V2.xlsx", [_patient_row(0, "cataract", "cataract")])
+    _write_images(root / "ODIR-5K_Training_Dataset", ["0_right.jpg"])
+    path = root / "ODIR-5K_Training_Dataset" / "0_left.jpg"
+    _one_bright_pixel_jpeg(path)
+    with Image.open(path) as image:  # what the 1/8-scale screening sees: no pixel above the threshold
+        image.draft("RGB", (50, 50))
+        image.load()
+        assert image.size == (50, 50) and np.asarray(image, np.float32).mean(-1).max() <= FOREGROUND_THRESHOLD
+    odir = build_odir_datalist(root, val_fraction=0.0)
+    assert odir.skipped == [] and {i["eye"] for i in odir.train} == {"left", "right"}
+    image = fundus_preprocessing(keys="image", image_size=64, train=False)({"image": str(path)})["image"]
+    assert float(image.max()) > -1  # the crop found the pixel: the disc is not all background
+    # foreground_threshold is the screening's: above every pixel, nothing is left (and the reason names it)
+    with pytest.raises(ValueError, match=r"first reason: no field of view: no pixel's channel mean exceeds 254\.5 "):
+        build_odir_datalist(root, val_fraction=0.0, foreground_threshold=254.5)
+
+
 # ------------------------------------------------------------------------------------------------ Kaggle layouts
 def test_kaggle_csv_layout_uses_per_eye_labels_but_still_checks_keywords(tmp_path):
     root = make_kaggle_csv_tree(tmp_path / "kaggle")
@@ -305,6 +406,57 @@ def test_malformed_tables_raise_naming_file_and_problem(tmp_path):
         build_odir_datalist(root)
 
 
+README_SHEET = [["ODIR-5K training annotations"], ["One row per patient; ID, Left-Fundus, ... see the next sheet."]]
+
+
+def test_xlsx_whose_first_sheet_is_a_readme_reads_the_annotation_sheet_and_says_so(tmp_path, caplog):
+    root = tmp_path / "odir"
+    table = root / "ODIR-5K_Training_Annotations(Updated)_V2.xlsx"
+    title = ["ODIR-5K annotations, version 2"]  # a title row above the header
+    rows = [_patient_row(*p) for p in PATIENTS[:2]]
+    _write_workbook(table, [("README", README_SHEET), ("Empty", []), ("annotations", [title, HEADER, *rows])])
+    _write_images(root / "ODIR-5K_Training_Dataset", ["0_left.jpg", "0_right.jpg", "1_left.jpg", "1_right.jpg"])
+    with caplog.at_level(logging.INFO, logger="medvq.data.odir"):
+        odir = build_odir_datalist(root, val_fraction=0.0)
+    assert sorted((i["patient_id"], i["eye"]) for i in odir.train) == [(0, "left"), (0, "right"), (1, "left")]
+    assert _by_eye(odir.train)[(1, "left")]["label"] == EXPECTED[(1, "left")]
+    logged = " ".join(r.getMessage() for r in caplog.records if "reading sheet" in r.getMessage())
+    assert f"reading sheet 'annotations' of '{table}'" in logged
+    assert "sheet 'README' lacks the column(s) ['ID', 'Left-Diagnostic Keywords'" in logged
+    assert "sheet 'Empty' is empty" in logged
+
+    # row numbers in messages are the sheet's own, and the sheet is named
+    bad_id = _patient_row("x7", "", "")  # type: ignore[arg-type]
+    _write_workbook(table, [("README", README_SHEET), ("annotations", [title, HEADER, rows[0], [], bad_id])])
+    with pytest.raises(ValueError, match=r"sheet 'annotations', row 5: ID 'x7' is not an integer"):
+        build_odir_datalist(root)
+
+
+def test_xlsx_without_an_annotation_sheet_names_each_sheet_and_what_it_lacks(tmp_path):
+    root = tmp_path / "odir"
+    (root / "ODIR-5K_Training_Dataset").mkdir(parents=True)
+    table = root / "ODIR-5K_Training_Annotations(Updated)_V2.xlsx"
+    partial = [["ID", "Left-Fundus", "Right-Fundus", "N"], [0, "0_left.jpg", "0_right.jpg", 1]]
+    _write_workbook(table, [("README", README_SHEET), ("Sheet2", partial), ("Empty", [])])
+    with pytest.raises(ValueError) as info:
+        build_odir_datalist(root)
+    message = str(info.value)
+    assert f"annotation table '{table}' has no sheet whose header names the annotation columns" in message
+    assert (
+        "sheet 'README' lacks the column(s) ['ID', 'Left-Diagnostic Keywords', 'Right-Diagnostic Keywords', "
+        "'Left-Fundus', 'Right-Fundus']; sheet 'Sheet2' lacks the column(s) ['Left-Diagnostic Keywords', "
+        "'Right-Diagnostic Keywords']; sheet 'Empty' is empty." in message
+    )
+    assert "Pass the ODIR-5K table itself as annotations" in message and "in one sheet of this workbook" in message
+
+
+def test_csv_without_the_annotation_columns_names_what_it_lacks(tmp_path):
+    root = make_kaggle_csv_tree(tmp_path / "kaggle")
+    (root / "full_df.csv").write_text("ID,Left-Fundus,filename\n0,0_left.jpg,0_left.jpg\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"full_df.csv' lacks the column\(s\) \['Left-Diagnostic Keywords', 'Right-"):
+        build_odir_datalist(root)
+
+
 def test_bad_arguments_are_named(official):
     with pytest.raises(ValueError, match="val_fraction must be a number in"):
         build_odir_datalist(official, val_fraction=1.0)
@@ -314,6 +466,8 @@ def test_bad_arguments_are_named(official):
         detect_odir_layout(official, annotations="ODIR-5K_Training_Dataset/0_left.jpg")
     with pytest.raises(ValueError, match="no usable image"):
         build_odir_datalist(official, image_dir="ODIR-5K_Training_Dataset/../")
+    with pytest.raises(ValueError, match=r"foreground_threshold must be a number >= 0 \(0-255 intensity sc"):
+        build_odir_datalist(official, foreground_threshold=-1)
 
 
 # ------------------------------------------------------------------------------------------------ MONAI JSON
