@@ -105,6 +105,19 @@ def read_run(run_dir: Path) -> dict[str, float]:
     return metrics
 
 
+def _resumable(run_dir: Path) -> bool:
+    """True when an unfinished run in ``run_dir`` has a checkpoint to resume from. A run that stopped before its first
+    checkpoint (TensorBoard files only) cannot resume and a bundle refuses to train over it: its folder is moved aside
+    to ``<run_dir>.stale-<time>``, logged, not deleted."""
+    if sorted(run_dir.glob("**/checkpoints/checkpoint_*.pt")):
+        return True
+    if sorted(run_dir.glob("**/tensorboard/events.out.tfevents.*")):
+        stale = run_dir.with_name(f"{run_dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir.rename(stale)
+        logger.warning("%s stopped before its first checkpoint: moved to %s, training it again", run_dir, stale)
+    return False
+
+
 def run_study(configs: Sequence[str], arms: Sequence[Arm], seeds: Sequence[int], output: Path, jobs: int = 2,
               extra: Sequence[str] = ()) -> dict[str, dict[int, dict[str, float]]]:
     """Train every (arm, seed) not finished yet, ``jobs`` at a time, then read all of them."""
@@ -121,9 +134,10 @@ def run_study(configs: Sequence[str], arms: Sequence[Arm], seeds: Sequence[int],
     while pending or running:
         while pending and len(running) < jobs:
             arm, seed, run_dir = pending.pop(0)
+            resume = _resumable(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
-            log = open(run_dir / "train.log", "w")  # noqa: SIM115 - closed when the process ends
-            cmd = [*_command(configs, arm, seed, run_dir), *extra]
+            log = open(run_dir / "train.log", "a" if resume else "w")  # noqa: SIM115 - closed when the process ends
+            cmd = [*_command(configs, arm, seed, run_dir), *extra, *(["--resume_from", "latest"] if resume else [])]
             (run_dir / "command.txt").write_text(" ".join(cmd) + "\n")
             logger.info("start %s seed %d -> %s", arm.name, seed, run_dir)
             running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), arm, seed, run_dir,

@@ -1,19 +1,36 @@
-"""Atomic training checkpoints and resuming from them.
+"""A training run's folder: atomic checkpoints, bounded retention, resume that never overwrites, finished runs kept.
 
 Why not MONAI's ``CheckpointSaver``: it writes with ``DiskSaver(atomic=False)`` (to keep group read permissions), so
 a run killed while saving leaves a truncated file as the newest checkpoint. :class:`CheckpointHandler` uses Ignite's
-``Checkpoint`` with ``DiskSaver(atomic=True)`` (write to a temporary file, then rename), and
-:class:`ResumeFromCheckpoint` loads one through MONAI's ``CheckpointLoader`` (``torch.load(weights_only=True)``).
+``Checkpoint`` with ``DiskSaver(atomic=True)`` (write to a temporary file, then rename). Retention is ours, not
+Ignite's: Ignite's ``n_saved`` only counts the files the current process wrote, so after kills and resumes old
+checkpoints pile up; :class:`CheckpointHandler` keeps the newest ``n_saved`` files of the folder, whoever wrote them.
 
-A checkpoint holds whatever ``save_dict`` names; the bundles save both networks, both optimizers, the scheduler,
-the GradScalers and the trainer (iteration, epoch). The quantizer's ``active`` flag lives in the network's state dict,
-so the deferred-quantization switch resumes in the right phase.
+Why not MONAI's ``CheckpointLoader`` for resuming: it calls ``torch.load`` bare (``EOFError`` for an empty file, a zip
+error for a truncated one, a size-mismatch dump without the file name) and, for a run that already reached
+``max_epochs``, Ignite then starts the run over from iteration 0 on top of the final weights. :class:`ResumeFromCheckpoint`
+reads the file with :func:`medvq.utils.checkpoints.read_checkpoint`, loads it with Ignite's ``Checkpoint.load_objects``
+(what ``CheckpointLoader`` does inside), keeps the configured ``max_epochs`` (as ``CheckpointLoader`` does) and leaves a
+finished run as it is.
+
+The states of a run folder ``<run>/checkpoints`` and what a start does in each (docs/architecture.md lists the files):
+
+- empty: a fresh start.
+- holds checkpoints but no ``--resume_from``: refused (:func:`check_run_folder`), naming the two ways on.
+- unfinished (killed mid-run): ``--resume_from latest`` loads the newest ``checkpoint_<iteration>.pt`` and goes on.
+- finished (the trainer's epoch in the newest checkpoint reached ``num_epochs``): ``--resume_from latest`` logs that
+  the run is finished and trains nothing; if ``model_final.pt`` is missing (a crash while it was written), it is
+  written from that checkpoint. With a larger ``num_epochs`` the run trains further from where it ended.
+- temporary files of killed writes (Ignite's ``tmpXXXXXXXX``, ``*.tmp``): removed at the next start.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +38,27 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 
-__all__ = ["CheckpointHandler", "ResumeFromCheckpoint", "latest_checkpoint"]
+from medvq.utils.checkpoints import CheckpointError, read_checkpoint, state_size, write_failure
+from medvq.utils.distributed import rank
+
+__all__ = [
+    "CheckpointHandler",
+    "ResumeFromCheckpoint",
+    "check_run_folder",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "resume_command",
+    "tensorboard_purge_step",
+]
 
 logger = logging.getLogger(__name__)
 _PREFIX = "checkpoint"
+_FINAL = "model_final.pt"
 _PATTERN = re.compile(rf"^{_PREFIX}_(\d+)\.pt$")
+# Ignite's DiskSaver(atomic=True) writes through tempfile.NamedTemporaryFile(dir=save_dir): "tmp" + 8 characters
+_TEMPORARY = re.compile(r"^(tmp[a-z0-9_]{8}|.+\.tmp)$")
+_RESUME_HINT = ("Resume from another checkpoint_<N>.pt of the run (--resume_from <file>, or --resume_from latest), or "
+                "start a new run in another --output_dir.")
 
 
 class _Stateful:
@@ -52,26 +85,125 @@ def _wrap(objects: dict[str, Any]) -> dict[str, Any]:
     return {key: _Stateful(obj) for key, obj in objects.items()}
 
 
-def latest_checkpoint(directory: str | Path) -> Path | None:
-    """The checkpoint with the highest iteration in ``directory`` (files ``checkpoint_<iteration>.pt``), or None."""
+def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
+    """``(iteration, path)`` of every ``checkpoint_<iteration>.pt`` in ``directory``, oldest first."""
     directory = Path(directory)
     if not directory.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in directory.iterdir() if (m := _PATTERN.match(p.name)))
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    """The checkpoint with the highest iteration in ``directory`` (files ``checkpoint_<iteration>.pt``), or None."""
+    found = list_checkpoints(directory)
+    return found[-1][1] if found else None
+
+
+def _temporaries(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.is_file() and _TEMPORARY.match(p.name))
+
+
+def resume_command(argv: list[str] | None = None) -> str:
+    """The command that resumes this run: the current ``monai.bundle`` command line with ``--resume_from latest``
+    (any ``--resume_from`` given is replaced), under ``torchrun`` when the run is distributed."""
+    argv = list(sys.argv if argv is None else argv)
+    if not argv or "monai" not in argv[0].replace(os.sep, "/") or "bundle" not in argv[0]:
+        return "the same command with --resume_from latest"
+    args, skip = [], False
+    for i, arg in enumerate(argv[1:]):
+        if skip:
+            skip = False
+            continue
+        if arg == "--resume_from":
+            skip = True
+            continue
+        if arg.startswith("--resume_from="):
+            continue
+        args.append(arg)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    launcher = f"torchrun --nproc_per_node={world} -m monai.bundle" if world > 1 else "python -m monai.bundle"
+    return " ".join([launcher, *(shlex.quote(a) for a in args), "--resume_from", "latest"])
+
+
+def check_run_folder(run_dir: str | Path, resume_from: str | Path | None = "") -> None:
+    """Call first when a training starts, before any data is read: refuse to train over an existing run, remove the
+    temporary files of killed writes, and log how to resume this run.
+
+    Args:
+        run_dir: the stage's run folder (its ``checkpoints/`` and ``tensorboard/`` are looked at).
+        resume_from: the ``resume_from`` setting; empty means a fresh start.
+
+    Raises:
+        FileExistsError: a fresh start (no ``resume_from``) into a folder that already holds a run: checkpoints, a
+            final model or TensorBoard events. The message names the folder and the two ways on.
+    """
+    run_dir = Path(run_dir)
+    checkpoint_dir = run_dir / "checkpoints"
+    if rank() == 0:
+        for path in _temporaries(checkpoint_dir):
+            logger.warning("removing %s, a temporary file left by a write that was killed", path)
+            path.unlink(missing_ok=True)
+    if resume_from:
+        ResumeFromCheckpoint(resume_from, {}, checkpoint_dir=checkpoint_dir).resolve()  # a missing file: say it now
+    else:
+        found = [p.name for _, p in list_checkpoints(checkpoint_dir)]
+        if (checkpoint_dir / _FINAL).is_file():
+            found.append(_FINAL)
+        events = sorted((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+        if found:
+            state = "a finished run" if (checkpoint_dir / _FINAL).is_file() else "an unfinished run"
+            raise FileExistsError(
+                f"'{run_dir}' already holds {state} ({', '.join(found[-3:])}); a run folder is never trained over. "
+                "To continue that run add --resume_from latest (a finished run then stays as it is unless "
+                "--num_epochs is raised); to start a new run pass another --output_dir."
+            )
+        if events:
+            raise FileExistsError(
+                f"'{run_dir}' already holds a run that stopped before its first checkpoint ({len(events)} TensorBoard "
+                "event file(s) in tensorboard/, no checkpoint to resume from); a run folder is never trained over: "
+                "delete that folder, or pass another --output_dir."
+            )
+    if rank() == 0:
+        logger.info("run folder %s; if this run is interrupted, continue it with: %s", run_dir, resume_command())
+
+
+def _checkpoint_iteration(path: Path) -> int | None:
+    match = _PATTERN.match(path.name)
+    if match:
+        return int(match.group(1))
+    state = read_checkpoint(path, map_location="cpu", hint=_RESUME_HINT)
+    trainer = state.get("trainer") if isinstance(state, dict) else None
+    return int(trainer["iteration"]) if isinstance(trainer, dict) and "iteration" in trainer else None
+
+
+def tensorboard_purge_step(resume_from: str | Path | None, checkpoint_dir: str | Path) -> int | None:
+    """``SummaryWriter(purge_step=...)`` for a run that resumes: the first iteration it will write again (the
+    checkpoint's iteration + 1), so TensorBoard hides what the killed run logged after that checkpoint; None for a
+    fresh start. All of a bundle's TensorBoard steps are trainer iterations, so one purge step fits every tag."""
+    path = ResumeFromCheckpoint(resume_from, {}, checkpoint_dir=checkpoint_dir).resolve()
+    if path is None:
         return None
-    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _PATTERN.match(p.name))]
-    return max(found)[1] if found else None
+    iteration = _checkpoint_iteration(path)
+    return None if iteration is None else iteration + 1
 
 
 class CheckpointHandler:
     """Save ``save_dict`` atomically every ``every_iterations`` iterations and when training completes.
 
-    Files are ``save_dir/checkpoint_<iteration>.pt``, the newest ``n_saved`` kept; at completion the network's
-    weights alone also go to ``save_dir/model_final.pt`` (what inference and ``load_state_dict`` users want).
+    Files are ``save_dir/checkpoint_<iteration>.pt``; after every save the folder keeps its newest ``n_saved`` of them
+    (also those earlier processes of the same run wrote). At completion the network's weights alone also go to
+    ``save_dir/model_final.pt`` (what inference and ``load_state_dict`` users want). A write that fails (a full disk)
+    leaves the previous files intact and raises an error that says so.
+
+    When :class:`ResumeFromCheckpoint` found the run finished, :meth:`attach` only writes a missing ``model_final.pt``.
 
     Args:
         save_dir: folder of the checkpoints (created).
         save_dict: objects with ``state_dict()``, e.g. ``{"network": ..., "optimizer": ..., "trainer": ...}``.
         every_iterations: save period in iterations (>= 1).
-        n_saved: how many periodic checkpoints to keep. Default 2.
+        n_saved: how many periodic checkpoints to keep (>= 1). Default 2.
         final_key: key of ``save_dict`` whose weights are written to ``model_final.pt``; None skips it.
     """
 
@@ -79,42 +211,79 @@ class CheckpointHandler:
         self, save_dir: str | Path, save_dict: dict[str, Any], every_iterations: int, n_saved: int = 2,
         final_key: str | None = "network",
     ) -> None:
-        if every_iterations < 1:
-            raise ValueError(f"every_iterations must be >= 1, got {every_iterations!r}.")
+        if isinstance(every_iterations, bool) or not isinstance(every_iterations, int) or every_iterations < 1:
+            raise ValueError(f"every_iterations (checkpoint_every) must be an integer >= 1, got {every_iterations!r}.")
+        if isinstance(n_saved, bool) or not isinstance(n_saved, int) or n_saved < 1:
+            raise ValueError(f"n_saved must be an integer >= 1, got {n_saved!r}.")
         if final_key is not None and final_key not in save_dict:
             raise ValueError(f"final_key {final_key!r} is not a key of save_dict ({sorted(save_dict)}).")
         self.save_dir = Path(save_dir)
         self.save_dict = save_dict
         self.every_iterations = int(every_iterations)
+        self.n_saved = n_saved
         self.final_key = final_key
         self.checkpoint = Checkpoint(
             to_save=_wrap(save_dict),
             save_handler=DiskSaver(str(self.save_dir), require_empty=False, atomic=True, create_dir=True),
             filename_prefix="",
             filename_pattern=_PREFIX + "_{global_step}.{ext}",
-            n_saved=n_saved,
+            n_saved=None,  # retention is self._prune's, over the whole folder
             global_step_transform=lambda engine, _: engine.state.iteration,
         )
 
     def attach(self, engine: Engine) -> None:
+        if getattr(engine.state, "run_finished", False):
+            if self.final_key is not None and not (self.save_dir / _FINAL).is_file():
+                logger.warning("%s is missing (its write was interrupted): writing it from the resumed checkpoint",
+                               self.save_dir / _FINAL)
+                self.write_final()
+            return
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.every_iterations), self._save)
         engine.add_event_handler(Events.COMPLETED, self._complete)
 
     def _save(self, engine: Engine) -> None:
-        if latest_checkpoint(self.save_dir) == self.save_dir / f"{_PREFIX}_{engine.state.iteration}.pt":
-            return  # already saved at this iteration
-        self.checkpoint(engine)
+        target = self.save_dir / f"{_PREFIX}_{engine.state.iteration}.pt"
+        if target.is_file():
+            return  # already saved at this iteration (periodic save, then completion)
+        after = (f"The newest complete checkpoint ({latest_checkpoint(self.save_dir) or 'none yet'}) is intact: free "
+                 "space or move output_dir, then continue with --resume_from latest.")
+        try:
+            self.checkpoint(engine)
+        except Exception as exc:  # noqa: BLE001  torch.save raises RuntimeError or OSError on a full disk
+            raise write_failure(target, exc, state_size(_state_of(self.save_dict)), after) from exc
+        self._prune()
+
+    def _prune(self) -> None:
+        for _, path in list_checkpoints(self.save_dir)[: -self.n_saved]:
+            path.unlink(missing_ok=True)
+
+    def write_final(self) -> Path | None:
+        """Write the network's weights to ``model_final.pt`` (a temporary file, then an atomic rename)."""
+        if self.final_key is None:
+            return None
+        module = self.save_dict[self.final_key]
+        module = getattr(module, "module", module)  # DDP -> the model
+        target = self.save_dir / _FINAL
+        tmp = target.with_suffix(".pt.tmp")
+        state = module.state_dict()
+        try:
+            torch.save(state, tmp)
+        except Exception as exc:  # noqa: BLE001
+            tmp.unlink(missing_ok=True)
+            after = (f"The last checkpoint ({latest_checkpoint(self.save_dir)}) is intact: free space, then run "
+                     "again with --resume_from latest to write model_final.pt.")
+            raise write_failure(target, exc, state_size(state), after) from exc
+        tmp.replace(target)  # atomic on POSIX
+        logger.info("wrote %s", target)
+        return target
 
     def _complete(self, engine: Engine) -> None:
         self._save(engine)
-        if self.final_key is not None:
-            module = self.save_dict[self.final_key]
-            module = getattr(module, "module", module)  # DDP -> the model
-            target = self.save_dir / "model_final.pt"
-            tmp = target.with_suffix(".pt.tmp")
-            torch.save(module.state_dict(), tmp)
-            tmp.replace(target)  # atomic on POSIX
-            logger.info("wrote %s", target)
+        self.write_final()
+
+
+def _state_of(objects: dict[str, Any]) -> dict[str, Any]:
+    return {key: obj.state_dict() for key, obj in objects.items() if hasattr(obj, "state_dict")}
 
 
 class ResumeFromCheckpoint:
@@ -123,15 +292,23 @@ class ResumeFromCheckpoint:
     Loading at attach time, not at the engine's STARTED event, means every handler that looks at the state when the
     run starts (the deferred-quantization switch, for one) already sees the restored networks and counters.
 
+    A run whose checkpoint already reached the engine's ``max_epochs`` is finished: the engine's ``run`` then logs
+    so and trains nothing (``engine.state.run_finished`` is True; :class:`CheckpointHandler` writes a missing
+    ``model_final.pt``). A larger ``max_epochs`` than the checkpoint's trains further.
+
     Args:
         load_path: a checkpoint file, ``"latest"`` (the newest ``checkpoint_<iteration>.pt`` in ``checkpoint_dir``),
             or ``""``/None to start fresh.
         load_dict: the objects to restore, with the same keys as the saved ``save_dict``.
-        checkpoint_dir: where ``"latest"`` looks.
+        checkpoint_dir: where ``"latest"`` looks, and where this run writes its checkpoints (resuming from an older
+            checkpoint than the newest there is refused: its iterations' file names would be written again).
         map_location: device the tensors are loaded to.
 
     Raises:
         FileNotFoundError: ``load_path`` (or the latest checkpoint) does not exist; the message names it.
+        medvq.utils.checkpoints.CheckpointError: the file is empty, truncated, unsafe, or its tensors do not fit the
+            networks this config builds (the message names the file and the overrides to check).
+        FileExistsError: a newer checkpoint than ``load_path`` is in ``checkpoint_dir``.
     """
 
     def __init__(
@@ -140,7 +317,7 @@ class ResumeFromCheckpoint:
     ) -> None:
         self.load_path = str(load_path) if load_path else ""
         self.load_dict = load_dict
-        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.map_location = map_location
 
     def resolve(self) -> Path | None:
@@ -152,7 +329,7 @@ class ResumeFromCheckpoint:
             if found is None:
                 raise FileNotFoundError(
                     f"resume_from='latest' but no checkpoint_<iteration>.pt file is in {self.checkpoint_dir}: start "
-                    "without --resume_from, or give a checkpoint file."
+                    "without --resume_from (in a new or empty --output_dir), or give a checkpoint file."
                 )
             return found
         path = Path(self.load_path)
@@ -164,8 +341,47 @@ class ResumeFromCheckpoint:
         path = self.resolve()
         if path is None:
             return
-        from monai.handlers import CheckpointLoader
-
         logger.info("resuming from %s", path)
-        loader = CheckpointLoader(load_path=str(path), load_dict=_wrap(self.load_dict), map_location=self.map_location)
-        loader(engine)
+        state = read_checkpoint(path, map_location=self.map_location, hint=_RESUME_HINT)
+        if not isinstance(state, dict):
+            raise CheckpointError(f"checkpoint '{path}' holds a {type(state).__name__}, not a training checkpoint.")
+        missing = [key for key in self.load_dict if key not in state]
+        if missing:
+            raise CheckpointError(
+                f"checkpoint '{path}' is not a training checkpoint of this config: it lacks {missing} (it holds "
+                f"{sorted(state)}). model_final.pt holds weights only; resume from a checkpoint_<N>.pt of the same "
+                "bundle stage."
+            )
+        prior_max_epochs = engine.state.max_epochs
+        try:
+            Checkpoint.load_objects(to_load=_wrap(self.load_dict), checkpoint=state)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            text = str(exc)
+            raise CheckpointError(
+                f"checkpoint '{path}' does not fit what this config builds (another preset or sizes: "
+                "network_preset / tokenizer_preset / generator_preset, num_embeddings, embedding_dim, image_size, "
+                "...): resume with the same config files and overrides as the run that wrote it, or start a new run "
+                f"in another --output_dir. {text[:600] + (' ...' if len(text) > 600 else '')}"
+            ) from exc
+        iteration, epoch = engine.state.iteration, engine.state.epoch
+        newer = [p for it, p in list_checkpoints(self.checkpoint_dir or path.parent) if it > iteration]
+        if newer:
+            raise FileExistsError(
+                f"'{path}' is at iteration {iteration} but {newer[-1]} is newer: resuming from it would write "
+                "checkpoints of other weights under names that already exist. Resume with --resume_from latest, or "
+                f"copy '{path.name}' to a new --output_dir's checkpoints/ folder and resume there."
+            )
+        engine.state.max_epochs = prior_max_epochs
+        if prior_max_epochs is not None and epoch >= prior_max_epochs:
+            engine.state.run_finished = True
+            message = (f"the run in {path.parent.parent} is finished: {path.name} is at epoch {epoch} (iteration "
+                       f"{iteration}) and num_epochs is {prior_max_epochs}; nothing is trained and no file is "
+                       f"rewritten. To train further, raise --num_epochs above {epoch}.")
+            logger.info(message)
+
+            def _finished_run(*args: Any, **kwargs: Any) -> None:
+                logger.info(message)
+
+            engine.run = _finished_run  # instance attribute: the engine's Ignite run would restart from iteration 0
+        else:
+            logger.info("resumed at iteration %d (epoch %d of %s)", iteration, epoch, prior_max_epochs)

@@ -60,7 +60,8 @@ class ReconstructionGridHandler:
     Args:
         output_dir: PNG files go to ``output_dir/recon_grid_epoch{N:04d}.png`` and ``output_dir/recon_grid_last.png``.
         summary_writer: optional TensorBoard ``SummaryWriter`` (tag ``tag``).
-        step_transform: maps the evaluator to the global step (e.g. the trainer's epoch). Default: its epoch.
+        step_transform: maps the evaluator to the TensorBoard step (the bundles: the trainer iteration that ends the
+            epoch). Default: its epoch. File names always carry the epoch.
         output_transform: maps ``engine.state.output`` to ``(images, reconstructions)``. Default reads ``image``
             and ``pred``.
         max_images: rows of the grid. Default 8.
@@ -105,7 +106,7 @@ class ReconstructionGridHandler:
         grid = make_grid(*self._batch, max_images=self.max_images)
         step = int(self.step_transform(engine))
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        path = self.output_dir / f"recon_grid_epoch{step:04d}.png"
+        path = self.output_dir / f"recon_grid_epoch{engine.state.epoch:04d}.png"
         Image.fromarray(grid).save(path)
         Image.fromarray(grid).save(self.output_dir / "recon_grid_last.png")
         if self.summary_writer is not None:

@@ -6,7 +6,7 @@ seeds every time) shows the samples sharpen and the diagnoses separate.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ class SampleGridHandler:
         interval: epochs between grids. Default 1.
         seed: the same seed every time, so grids of successive epochs compare like for like. Default 0.
         guidance, top_k, top_p: sampling settings (:func:`~medvq.networks.sample_var`). Defaults 2.5, 0, 0.0.
+        step_transform: maps the trainer to the TensorBoard step (the bundles: the iteration that ends the epoch).
+            Default: its epoch. File names always carry the epoch.
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class SampleGridHandler:
         guidance: float = 2.5,
         top_k: int = 0,
         top_p: float = 0.0,
+        step_transform: Callable[[Engine], int] | None = None,
     ) -> None:
         if samples_per_condition < 1 or interval < 1:
             raise ValueError(f"samples_per_condition and interval must be >= 1, got {samples_per_condition} and "
@@ -66,6 +69,7 @@ class SampleGridHandler:
         self.interval = int(interval)
         self.seed = int(seed)
         self.settings = {"guidance": float(guidance), "top_k": int(top_k), "top_p": float(top_p)}
+        self.step_transform = step_transform or (lambda engine: engine.state.epoch)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
@@ -98,7 +102,7 @@ class SampleGridHandler:
         grid = self.grid(device)
         epoch = engine.state.epoch
         if self.summary_writer is not None:
-            self.summary_writer.add_image("samples", grid, epoch, dataformats="HWC")
+            self.summary_writer.add_image("samples", grid, int(self.step_transform(engine)), dataformats="HWC")
         if self.output_dir is not None:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             Image.fromarray(grid).save(self.output_dir / f"samples_epoch{epoch:04d}.png")

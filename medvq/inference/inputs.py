@@ -20,6 +20,7 @@ from monai.data import load_decathlon_datalist
 from torch import nn
 
 from medvq.data import build_folder_datalist
+from medvq.utils.checkpoints import read_checkpoint
 
 __all__ = ["PIL_EXTENSIONS", "inference_datalist", "load_tokenizer_checkpoint"]
 
@@ -112,6 +113,7 @@ def load_tokenizer_checkpoint(
 
     Raises:
         FileNotFoundError: ``checkpoint`` is empty or no file (the message names it and the ``--checkpoint`` override).
+        medvq.utils.checkpoints.CheckpointError: the file is empty, truncated or unsafe (the message names it).
         TypeError: the file holds no state dict.
         RuntimeError: the weights do not fit ``network`` (the message suggests using the training's config overlays).
     """
@@ -122,7 +124,10 @@ def load_tokenizer_checkpoint(
             f"checkpoints/model_final.pt in its output folder) or pass {argument} <model_final.pt or "
             "checkpoint_<N>.pt>."
         )
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    state = read_checkpoint(
+        path, map_location=map_location,
+        hint=f"Pass {argument} <model_final.pt or checkpoint_<N>.pt> of a {what} training run that finished writing it.",
+    )
     if isinstance(state, dict) and isinstance(state.get("network"), dict):
         state = state["network"]  # a full training checkpoint: networks, optimizers, trainer state, ...
     if not isinstance(state, dict):

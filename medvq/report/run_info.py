@@ -10,30 +10,33 @@ from typing import Any
 __all__ = ["write_run_info", "read_run_info", "update_run_info"]
 
 
-def write_run_info(output_dir: str | Path, **info: Any) -> Path:
+def write_run_info(output_dir: str | Path, engine: Any = None, **info: Any) -> Path:
     """Write ``info`` (JSON-serialisable settings such as schedule, preset, codebook size) to ``run_info.json``.
 
-    A ``"switch"`` entry already there (written by the deferred switch of this run before a resume) is kept."""
+    Entries already there that ``info`` does not set (the ``"switch"`` the deferred switch of this run recorded
+    before a resume) are kept; the file is written atomically. With ``engine``, a run that
+    :class:`medvq.handlers.ResumeFromCheckpoint` found finished (``engine.state.run_finished``) is left as it is."""
     path = Path(output_dir) / "run_info.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if engine is not None and getattr(getattr(engine, "state", None), "run_finished", False):
+        return path
     previous = read_run_info(output_dir)
-    if "switch" in previous and "switch" not in info:
-        info = {**info, "switch": previous["switch"]}
-    path.write_text(json.dumps(info, indent=2, default=str) + "\n")
+    return _write(path, {**previous, **info})
+
+
+def _write(path: Path, info: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
     return path
 
 
 def update_run_info(output_dir: str | Path, **info: Any) -> Path:
     """Merge ``info`` into ``run_info.json`` (created if missing), written atomically (a temporary file, then
     ``os.replace``), so a kill never leaves half a file."""
-    path = Path(output_dir) / "run_info.json"
     current = read_run_info(output_dir)
     current.update(info)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(current, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return _write(Path(output_dir) / "run_info.json", current)
 
 
 def read_run_info(output_dir: str | Path) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from medvq.experiments.tokenizer_study import Arm, format_table, parse_arm, read_run
+from medvq.experiments.tokenizer_study import Arm, _resumable, format_table, parse_arm, read_run
 
 
 def test_parse_arm(tmp_path):
@@ -34,6 +34,24 @@ def test_read_run_takes_the_last_validation_scalars_and_the_switch(tmp_path):
     assert read_run(tmp_path) == {"perplexity": 30.0, "switch_iteration": 80.0}
     with pytest.raises(FileNotFoundError, match="no validation scalars"):
         read_run(tmp_path / "empty")
+
+
+def test_an_unfinished_run_resumes_and_one_without_a_checkpoint_is_moved_aside(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    assert not _resumable(tmp_path / "never_started")
+    with_checkpoint = tmp_path / "a_s0"
+    (with_checkpoint / "tokenizer" / "checkpoints").mkdir(parents=True)
+    (with_checkpoint / "tokenizer" / "checkpoints" / "checkpoint_8.pt").write_bytes(b"x")
+    assert _resumable(with_checkpoint) and with_checkpoint.is_dir()
+    events_only = tmp_path / "b_s0"
+    writer = SummaryWriter(str(events_only / "tokenizer" / "tensorboard"))
+    writer.add_scalar("loss", 1.0, 1)
+    writer.close()
+    assert not _resumable(events_only)
+    assert not events_only.exists()  # a bundle would refuse to train over it: moved aside, kept
+    (stale,) = tmp_path.glob("b_s0.stale-*")
+    assert sorted(stale.glob("tokenizer/tensorboard/events.out.tfevents.*"))
 
 
 def test_format_table_ratios_by_seed():
