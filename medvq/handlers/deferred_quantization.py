@@ -165,12 +165,61 @@ class DeferredQuantizationHandler:
         return bool(unwrap_model(self.network).quantizer.active)
 
     def attach(self, engine: Engine) -> None:
-        """Register the switch on ``engine`` (STARTED for ``start=0``, then per iteration or per epoch)."""
+        """Register the switch on ``engine`` (STARTED for ``start=0``, then per iteration or per epoch).
+
+        Raises:
+            ValueError: the switch cannot fire with quantized training left in the engine's run (``max_epochs`` and,
+                in iterations, ``epoch_length``): checked here when the engine knows them (MONAI trainers), else
+                when the run starts.
+        """
         if self.start is None:
             return
+        self.check_reachable(engine)
+        engine.add_event_handler(Events.STARTED, self.check_reachable)  # a plain Ignite engine knows its run now
         engine.add_event_handler(Events.STARTED, self)  # start=0, or a resumed run already past start
         event = Events.ITERATION_COMPLETED if self.unit == "iterations" else Events.EPOCH_COMPLETED
         engine.add_event_handler(event, self)
+        engine.add_event_handler(Events.COMPLETED, self._warn_if_never_fired)
+
+    def check_reachable(self, engine: Engine) -> None:
+        """Raise if the switch cannot fire before the last iteration / epoch of ``engine``'s run.
+
+        The switch fires at the end of iteration / epoch ``start`` (``>= start``), so quantized training follows
+        only when ``start`` is below the run's length; a switch at the end of the very last one would save a
+        codebook that was never trained with, so that is an error too. ``"auto"`` needs ``auto_min`` and, when
+        given, ``auto_max`` below the run's length. Does nothing while the run's length is unknown, for ``start=0``
+        and for a quantizer that is already active.
+        """
+        max_epochs = getattr(engine.state, "max_epochs", None)
+        epoch_length = getattr(engine.state, "epoch_length", None)
+        if self.start in (None, 0) or self.fired or not max_epochs:
+            return
+        if self.unit == "epochs":
+            total, length = max_epochs, f"the run has {max_epochs} epochs"
+        elif epoch_length:
+            total = max_epochs * epoch_length
+            length = f"the run has {total} iterations ({max_epochs} epochs of {epoch_length})"
+        else:
+            return
+        last = "a switch at the end of the last one would leave no quantized training"
+        if self.start == "auto":
+            if self.auto_min >= total:
+                raise ValueError(f"deferred quantization: start='auto' with auto_min={self.auto_min} ({self.unit}) "
+                                 f"cannot switch before training ends: {length}, and {last}; lower auto_min below "
+                                 f"{total} or train longer.")
+            if self.auto_max is not None and self.auto_max >= total:
+                raise ValueError(f"deferred quantization: auto_max={self.auto_max} ({self.unit}) is not within the run "
+                                 f"({length}; {last}), so the switch is not guaranteed; lower auto_max below {total}.")
+        elif self.start >= total:
+            raise ValueError(f"deferred quantization: start={self.start} ({self.unit}) is never reached with quantized "
+                             f"training left: {length}, and {last}; use a start below {total}, train longer, or "
+                             "start=None (standard) / 0 (kmeans_at_start).")
+
+    def _warn_if_never_fired(self, engine: Engine) -> None:
+        if not self.fired and rank() == 0:
+            self.logger.warning(
+                "deferred quantization: the run ended at iteration %d without the switch (start=%r %s): the "
+                "tokenizer was never quantized.", engine.state.iteration, self.start, self.unit)
 
     def __call__(self, engine: Engine) -> None:
         if self.fired:

@@ -42,17 +42,15 @@ def _run(configs, run_id, **overrides):
 
 
 def _scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Tag -> [(step, value)] of every scalar, and tag -> [] of every image, in the event files of a folder."""
+    """Tag -> [(step, value)] of every scalar, and tag -> [] of every image, in a folder's event files read together
+    (as TensorBoard shows them: a resumed run's purge hides what the killed run logged after its checkpoint)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    values: dict[str, list[tuple[int, float]]] = {}
-    for path in event_dir.glob("events.out.tfevents.*"):
-        acc = EventAccumulator(str(path), size_guidance={"scalars": 0, "images": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            values.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
-        for tag in acc.Tags()["images"]:
-            values.setdefault(tag, [])
+    acc = EventAccumulator(str(event_dir), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    values: dict[str, list[tuple[int, float]]] = {tag: [(e.step, e.value) for e in acc.Scalars(tag)]
+                                                   for tag in acc.Tags()["scalars"]}
+    values.update({tag: [] for tag in acc.Tags()["images"]})
     return values
 
 
@@ -115,8 +113,11 @@ def test_stage2_trains_the_generator_with_per_scale_accuracy_and_sample_grids(tr
     scalars = _scalars(out / "generator" / "tensorboard")
     for tag in ("loss", "grad_norm", "token_acc", "token_acc_s0", "samples"):
         assert any(t.endswith(tag) for t in scalars), tag
-    # the accuracy logged at epoch N is epoch N's (the metric is computed before the loggers run)
-    assert [step for step, _ in scalars["token_acc"]] == [1, 2]
+    # the accuracy logged at epoch N is epoch N's (the metric is computed before the loggers run), at the iteration
+    # that ends epoch N (every TensorBoard step is a trainer iteration)
+    last = torch.load(sorted((out / "generator" / "checkpoints").glob("checkpoint_*.pt"))[-1], weights_only=True)
+    epoch_length = last["trainer"]["epoch_length"]
+    assert [step for step, _ in scalars["token_acc"]] == [epoch_length, 2 * epoch_length]
     assert scalars["token_acc"][-1][1] == pytest.approx(metrics["token_acc"], rel=1e-6)
     info = json.loads((out / "generator" / "run_info.json").read_text())
     assert info["stage"] == "generator" and info["precompute_tokens"] is True
@@ -203,8 +204,9 @@ def test_stage2_on_the_fly_tokenization_matches_the_precomputed_tokens(trained):
     out, _, _ = trained
     workflow = ConfigWorkflow(config_file=[STAGE1, STAGE2, QUICKSTART], workflow_type=None, run_id="training",
                               meta_file=str(CONFIGS / "metadata.json"), logging_file=False, output_dir=str(out),
-                              **TINY, **STAGE2_RUN)
+                              resume_from="latest", **TINY, **STAGE2_RUN)  # the finished run, left as it is
     workflow.initialize()
+    assert workflow.parser.get_parsed_content("train#trainer").state.run_finished
     prepare = workflow.parser.get_parsed_content("train#prepare_batch")
     items = workflow.parser.get_parsed_content("train#dataset")[:4]  # precompute_tokens: true
     images = workflow.parser.get_parsed_content("validate#preprocessing")

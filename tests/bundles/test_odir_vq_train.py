@@ -44,13 +44,12 @@ def _scalars(event_dir: Path) -> dict[str, list[float]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     values: dict[str, list[float]] = {}
-    for path in event_dir.glob("events.out.tfevents.*"):
-        acc = EventAccumulator(str(path), size_guidance={"scalars": 0, "images": 0, "histograms": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            values.setdefault(tag, []).extend(e.value for e in acc.Scalars(tag))
-        for tag in acc.Tags()["images"] + acc.Tags()["histograms"]:
-            values.setdefault(tag, []).append(1.0)
+    acc = EventAccumulator(str(event_dir), size_guidance={"scalars": 0, "images": 0, "histograms": 0})
+    acc.Reload()  # the folder's files together, as TensorBoard reads them
+    for tag in acc.Tags()["scalars"]:
+        values.setdefault(tag, []).extend(e.value for e in acc.Scalars(tag))
+    for tag in acc.Tags()["images"] + acc.Tags()["histograms"]:
+        values.setdefault(tag, []).append(1.0)
     return values
 
 

@@ -116,6 +116,45 @@ def test_constructor_errors():
         DeferredQuantizationHandler(net, start="auto", auto_tolerance=1.5)
 
 
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"start": 8}, r"start=8 \(iterations\) is never reached .* the run has 8 iterations \(2 epochs of 4\)"),
+    ({"start": 100}, r"start=100 \(iterations\) is never reached"),
+    ({"start": 2, "unit": "epochs"}, r"start=2 \(epochs\) is never reached .* the run has 2 epochs"),
+    ({"start": "auto", "auto_min": 8}, r"auto_min=8 \(iterations\) cannot switch before training ends"),
+    ({"start": "auto", "auto_max": 8}, r"auto_max=8 \(iterations\) is not within the run"),
+])
+def test_a_switch_that_leaves_no_quantized_training_is_an_error_at_attach(kwargs, message):
+    """The switch fires at the end of iteration/epoch ``start``: at the end of the last one nothing is left to train
+    quantized, so that is refused when the handler is attached to a trainer (which knows its run's length)."""
+    net, trainer, _ = _setup(epochs=2, n=4)  # 8 iterations
+    with pytest.raises(ValueError, match=message):
+        DeferredQuantizationHandler(net, num_samples=128, **kwargs).attach(trainer)
+    for fine in ({"start": 7}, {"start": 1, "unit": "epochs"}, {"start": 0}, {"start": None},
+                 {"start": "auto", "auto_min": 7, "auto_max": 7}):
+        DeferredQuantizationHandler(net, num_samples=128, **fine).attach(trainer)
+
+
+def test_a_plain_engine_is_checked_when_its_run_starts():
+    from ignite.engine import Engine
+
+    net = vqgan_tiny(num_embeddings=16, embedding_dim=4, quantize=False)
+    data = [{"image": torch.rand(4, 3, 16, 16) * 2 - 1}] * 2
+    steps = []
+    engine = Engine(lambda e, b: steps.append(1))
+    DeferredQuantizationHandler(net, start=2, num_samples=64, data_loader=data).attach(engine)  # length unknown yet
+    with pytest.raises(ValueError, match=r"start=2 \(iterations\) is never reached"):
+        engine.run(data, max_epochs=1)
+    assert steps == []  # refused before the first iteration
+
+
+def test_a_run_that_ends_without_the_switch_warns(caplog):
+    net, trainer, active = _setup(epochs=1)
+    DeferredQuantizationHandler(net, start="auto", auto_patience=100, num_samples=128).attach(trainer)
+    with caplog.at_level("WARNING"):
+        trainer.run()
+    assert active == [0, 0, 0, 0] and "without the switch" in caplog.text and "never quantized" in caplog.text
+
+
 # ---------------------------------------------------------------------------------------- fresh optimizer state
 def _plain_engine(net, optimizer, x, record):
     """A plain Ignite engine (no ``optimizer`` attribute) training ``net`` on ``x``; ``record`` gets the codebook's
@@ -198,7 +237,7 @@ def test_plain_engine_without_optimizer_warns(caplog):
     engine = Engine(lambda e, b: None)
     DeferredQuantizationHandler(net, start=1, num_samples=64, data_loader=data).attach(engine)
     with caplog.at_level("WARNING"):
-        engine.run(data, max_epochs=1)
+        engine.run(data * 2, max_epochs=1)  # a switch after iteration 1 of 2 (one at the last iteration is an error)
     assert "no optimizer to reset (pass optimizer=" in caplog.text
     assert engine.state.deferred_switch["reset_parameters"] == 0
 
