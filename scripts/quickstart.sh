@@ -7,7 +7,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install --quiet torch==2.13.0
 python -m pip install --quiet -e .
+# a run folder is never trained over: when runs/quickstart already holds a run, resume it (a finished one stays as
+# it is; the bundle logs so); a killed one continues from its newest checkpoint
+RESUME=()
+if [[ " $* " != *" --output_dir "* ]] && compgen -G "runs/quickstart/checkpoints/checkpoint_*.pt" > /dev/null; then
+    echo "runs/quickstart holds a run: resuming it (--resume_from latest); pass --output_dir <dir> for a new run"
+    RESUME=(--resume_from latest)
+fi
 python -m monai.bundle run training \
-    --config_file "['bundles/odir_vq/configs/train.json','configs/quickstart.json']" "$@"
+    --config_file "['bundles/odir_vq/configs/train.json','configs/quickstart.json']" "${RESUME[@]}" "$@"
 echo "done: checkpoints in runs/quickstart/checkpoints, TensorBoard logs in runs/quickstart/tensorboard," \
      "reconstruction grids in runs/quickstart/images (tensorboard --logdir runs/quickstart/tensorboard)"

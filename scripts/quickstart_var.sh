@@ -9,10 +9,12 @@ python -m pip install --quiet torch==2.13.0
 python -m pip install --quiet -e .
 C=bundles/odir_var/configs
 OUT=runs/quickstart_var
+# a stage's folder is never trained over: a stage that already ran is resumed (a finished one stays as it is)
+resume() { compgen -G "$OUT/$1/checkpoints/checkpoint_*.pt" > /dev/null && echo "--resume_from latest" || true; }
 python -m monai.bundle run training --config_file "['$C/train_tokenizer.json','configs/quickstart.json']" \
-    --output_dir "$OUT" "$@"
+    --output_dir "$OUT" $(resume tokenizer) "$@"
 python -m monai.bundle run training --config_file "['$C/train_tokenizer.json','$C/train.json','configs/quickstart.json']" \
-    --output_dir "$OUT" "$@"
+    --output_dir "$OUT" $(resume generator) "$@"
 python -m monai.bundle run sample \
     --config_file "['$C/train_tokenizer.json','$C/train.json','configs/quickstart.json','$C/sample.json']" \
     --output_dir "$OUT" --samples_per_condition 4 "$@"

@@ -8,10 +8,10 @@ checkpoints pile up; :class:`CheckpointHandler` keeps the newest ``n_saved`` fil
 
 Why not MONAI's ``CheckpointLoader`` for resuming: it calls ``torch.load`` bare (``EOFError`` for an empty file, a zip
 error for a truncated one, a size-mismatch dump without the file name) and, for a run that already reached
-``max_epochs``, Ignite then starts the run over from iteration 0 on top of the final weights. :class:`ResumeFromCheckpoint`
-reads the file with :func:`medvq.utils.checkpoints.read_checkpoint`, loads it with Ignite's ``Checkpoint.load_objects``
-(what ``CheckpointLoader`` does inside), keeps the configured ``max_epochs`` (as ``CheckpointLoader`` does) and leaves a
-finished run as it is.
+``max_epochs``, Ignite then starts the run over from iteration 0 on top of the final weights.
+:class:`ResumeFromCheckpoint` reads the file with :func:`medvq.utils.checkpoints.read_checkpoint`, loads it with
+Ignite's ``Checkpoint.load_objects`` (what ``CheckpointLoader`` does inside), keeps the configured ``max_epochs`` (as
+``CheckpointLoader`` does) and leaves a finished run as it is.
 
 The states of a run folder ``<run>/checkpoints`` and what a start does in each (docs/architecture.md lists the files):
 
@@ -127,13 +127,16 @@ def resume_command(argv: list[str] | None = None) -> str:
     return " ".join([launcher, *(shlex.quote(a) for a in args), "--resume_from", "latest"])
 
 
-def check_run_folder(run_dir: str | Path, resume_from: str | Path | None = "") -> None:
+def check_run_folder(
+    run_dir: str | Path, resume_from: str | Path | None = "", epochs_argument: str = "--num_epochs"
+) -> None:
     """Call first when a training starts, before any data is read: refuse to train over an existing run, remove the
     temporary files of killed writes, and log how to resume this run.
 
     Args:
         run_dir: the stage's run folder (its ``checkpoints/`` and ``tensorboard/`` are looked at).
         resume_from: the ``resume_from`` setting; empty means a fresh start.
+        epochs_argument: the override that sets the stage's number of epochs, named in the message.
 
     Raises:
         FileExistsError: a fresh start (no ``resume_from``) into a folder that already holds a run: checkpoints, a
@@ -156,8 +159,8 @@ def check_run_folder(run_dir: str | Path, resume_from: str | Path | None = "") -
             state = "a finished run" if (checkpoint_dir / _FINAL).is_file() else "an unfinished run"
             raise FileExistsError(
                 f"'{run_dir}' already holds {state} ({', '.join(found[-3:])}); a run folder is never trained over. "
-                "To continue that run add --resume_from latest (a finished run then stays as it is unless "
-                "--num_epochs is raised); to start a new run pass another --output_dir."
+                f"To continue that run add --resume_from latest (a finished run then stays as it is unless "
+                f"{epochs_argument} is raised); to start a new run pass another --output_dir."
             )
         if events:
             raise FileExistsError(
@@ -249,7 +252,7 @@ class CheckpointHandler:
                  "space or move output_dir, then continue with --resume_from latest.")
         try:
             self.checkpoint(engine)
-        except Exception as exc:  # noqa: BLE001  torch.save raises RuntimeError or OSError on a full disk
+        except Exception as exc:
             raise write_failure(target, exc, state_size(_state_of(self.save_dict)), after) from exc
         self._prune()
 
@@ -268,7 +271,7 @@ class CheckpointHandler:
         state = module.state_dict()
         try:
             torch.save(state, tmp)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             tmp.unlink(missing_ok=True)
             after = (f"The last checkpoint ({latest_checkpoint(self.save_dir)}) is intact: free space, then run "
                      "again with --resume_from latest to write model_final.pt.")
@@ -303,6 +306,7 @@ class ResumeFromCheckpoint:
         checkpoint_dir: where ``"latest"`` looks, and where this run writes its checkpoints (resuming from an older
             checkpoint than the newest there is refused: its iterations' file names would be written again).
         map_location: device the tensors are loaded to.
+        epochs_argument: the override that sets ``max_epochs``, named in the message of a finished run.
 
     Raises:
         FileNotFoundError: ``load_path`` (or the latest checkpoint) does not exist; the message names it.
@@ -313,9 +317,10 @@ class ResumeFromCheckpoint:
 
     def __init__(
         self, load_path: str | Path | None, load_dict: dict[str, Any], checkpoint_dir: str | Path | None = None,
-        map_location: Any = None,
+        map_location: Any = None, epochs_argument: str = "--num_epochs",
     ) -> None:
         self.load_path = str(load_path) if load_path else ""
+        self.epochs_argument = epochs_argument
         self.load_dict = load_dict
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.map_location = map_location
@@ -375,8 +380,8 @@ class ResumeFromCheckpoint:
         if prior_max_epochs is not None and epoch >= prior_max_epochs:
             engine.state.run_finished = True
             message = (f"the run in {path.parent.parent} is finished: {path.name} is at epoch {epoch} (iteration "
-                       f"{iteration}) and num_epochs is {prior_max_epochs}; nothing is trained and no file is "
-                       f"rewritten. To train further, raise --num_epochs above {epoch}.")
+                       f"{iteration}) and num_epochs is {prior_max_epochs}; nothing is trained and no checkpoint is "
+                       f"rewritten. To train further, raise {self.epochs_argument} above {epoch}.")
             logger.info(message)
 
             def _finished_run(*args: Any, **kwargs: Any) -> None:

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from monai.data import load_decathlon_datalist
 from torch import nn
 

@@ -47,7 +47,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = None, hint: str
         )
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001  torch raises RuntimeError, EOFError, UnpicklingError, ValueError, ...
+    except Exception as exc:
         text = str(exc)
         if "Weights only load failed" in text or type(exc).__name__ == "UnpicklingError":
             why = ("holds objects other than tensors and plain containers, so it was refused (torch.load with "
@@ -95,7 +95,8 @@ def write_failure(path: str | os.PathLike, exc: BaseException, needed_bytes: int
         message = (f"writing {path.name} to {directory} failed part-way ({free_text}{need_text}); the disk may be "
                    "full or the folder unwritable")
     else:
-        message = f"writing {path.name} to {directory} failed: {type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+        first_line = text.splitlines()[0] if text else ""
+        message = f"writing {path.name} to {directory} failed: {type(exc).__name__}: {first_line}"
     return CheckpointError(message + (f". {after}" if after else "."))
 
 

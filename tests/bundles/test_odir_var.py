@@ -219,6 +219,19 @@ def test_stage2_on_the_fly_tokenization_matches_the_precomputed_tokens(trained):
     assert x_tok.shape == (4, 85 - 1, 4)
 
 
+def test_a_finished_generator_stage_is_never_trained_over(trained):
+    out, _, _ = trained
+    with pytest.raises(Exception) as info:
+        ConfigWorkflow(config_file=[STAGE1, STAGE2, QUICKSTART], workflow_type=None, run_id="training",
+                       meta_file=str(CONFIGS / "metadata.json"), logging_file=False, output_dir=str(out),
+                       **TINY, **STAGE2_RUN).initialize()
+    error = info.value
+    while error.__cause__ is not None:
+        error = error.__cause__
+    assert isinstance(error, FileExistsError) and str(out / "generator") in str(error)
+    assert "--resume_from latest" in str(error) and "--generator_epochs is raised" in str(error)
+
+
 def test_missing_tokenizer_checkpoint_names_the_override(tmp_path):
     with pytest.raises(Exception) as info:
         _run([STAGE1, STAGE2, QUICKSTART], "training", output_dir=str(tmp_path), **TINY, **STAGE2_RUN)

@@ -86,7 +86,7 @@ def _crash_run(output_dir: Path, mode: str, n: int = 0, **overrides) -> subproce
     for key, value in args.items():
         cmd += [f"--{key}", str(value)]
     return subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=600)
+                          check=False, timeout=600)
 
 
 def test_a_finished_run_stays_as_it_is_and_trains_further_only_when_num_epochs_is_raised(tmp_path):
@@ -124,7 +124,8 @@ def test_resuming_from_an_older_checkpoint_than_the_newest_is_refused(tmp_path):
     _train(run, checkpoint_every=1, num_epochs=1, quantize_start=0)  # checkpoints 1 and 2 kept
     before = _files(run / "checkpoints")
     with pytest.raises(Exception) as info:
-        _workflow(run, checkpoint_every=1, num_epochs=1, quantize_start=0, resume_from=str(run / "checkpoints" / "checkpoint_1.pt"))
+        _workflow(run, checkpoint_every=1, num_epochs=1, quantize_start=0,
+                  resume_from=str(run / "checkpoints" / "checkpoint_1.pt"))
     error = _root_cause(info.value)
     assert isinstance(error, FileExistsError) and "checkpoint_2.pt" in str(error) and "latest" in str(error)
     assert _files(run / "checkpoints") == before
@@ -215,7 +216,8 @@ def test_a_checkpoint_of_other_sizes_to_resume_from_names_the_file_and_the_overr
 
 def test_a_run_stopped_before_its_first_checkpoint_is_not_trained_over(tmp_path):
     run = tmp_path / "run"
-    _train(run, num_epochs=1, quantize_start=0, checkpoint_every=1000)  # a completed epoch writes its final checkpoint...
+    # a completed epoch writes its final checkpoint...
+    _train(run, num_epochs=1, quantize_start=0, checkpoint_every=1000)
     for path in (run / "checkpoints").iterdir():  # ...a run killed before that leaves TensorBoard events only
         path.unlink()
     with pytest.raises(Exception) as info:
@@ -229,7 +231,8 @@ def test_a_run_stopped_before_its_first_checkpoint_is_not_trained_over(tmp_path)
 
 def _mount_tmpfs(folder: Path, size: int) -> bool:
     folder.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True,
+                          check=False)
     return done.returncode == 0
 
 
@@ -255,7 +258,7 @@ def test_a_full_disk_while_checkpointing_says_so_and_keeps_the_previous_checkpoi
         assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith("tmp")]
     finally:
         workflow.finalize()
-        subprocess.run(["umount", str(run / "checkpoints")], capture_output=True)
+        subprocess.run(["umount", str(run / "checkpoints")], capture_output=True, check=False)
 
 
 def test_a_file_size_limit_while_checkpointing_says_so(tmp_path):
@@ -270,7 +273,7 @@ def test_a_file_size_limit_while_checkpointing_says_so(tmp_path):
             "--meta_file", str(BUNDLE / "configs" / "metadata.json"), "--logging_file", "False"]
     for key, value in {**SETTINGS, "num_epochs": 1, "quantize_start": 0}.items():
         args += [f"--{key}", str(value)]
-    done = subprocess.run([sys.executable, "-c", cmd, *args], cwd=ROOT, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", cmd, *args], cwd=ROOT, capture_output=True, text=True, check=False,
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert done.returncode != 0
     assert re.search(r"checkpoint_2\.pt hit the file-size limit while being written to .*checkpoints", done.stderr), \

@@ -7,8 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-import medvq.utils.checks as checks
-from medvq.utils import SettingsError, check_generator_settings, check_tokenizer_settings, check_training_data
+from medvq.utils import SettingsError, check_generator_settings, check_tokenizer_settings, check_training_data, checks
 
 
 def _problems(check, *args, **knobs) -> list[str]:
@@ -54,15 +53,15 @@ def test_all_problems_are_reported_at_once():
     ("checkpoint_every", 0, "--checkpoint_every must be an integer >= 1 (iterations), got 0"),
     ("val_fraction", 0, "--val_fraction must be a number in (0, 1)"),
     ("warmup_iterations", 0, "1 = no warm-up"),
-    ("grad_clip_norm", -1, "--grad_clip_norm must be a number > 0 or null (no clipping; None on the command line), "
-                           "got -1"),
+    ("grad_clip_norm", -1, ("--grad_clip_norm must be a number > 0 or null (no clipping; None on the command line), "
+                           "got -1")),
     ("tokenizer_lr", "x", "--tokenizer_lr must be a number > 0 or null (use --lr; None on the command line), got 'x'"),
     ("lr", float("nan"), "--lr must be a number > 0, got nan"),
     ("quantize_start", -1, "--quantize_start must be null (None on the command line; standard"),
     ("quantize_start", "null", "got 'null'"),  # what the command line makes of null
     ("quantize_start", "soon", "or 'auto', got 'soon'"),
-    ("quantize_start_unit", "steps", "--quantize_start_unit 'steps' is not a valid value; choose one of: epochs, "
-                                     "iterations"),
+    ("quantize_start_unit", "steps", ("--quantize_start_unit 'steps' is not a valid value; choose one of: epochs, "
+                                     "iterations")),
     ("amp", "true", "--amp must be true or false (True / False on the command line), got 'true'"),
     ("scales", "1,2,4", "--scales must be a non-empty list"),
     ("condition_dropout", 1.5, "--condition_dropout must be a number in [0, 1], got 1.5"),
