@@ -84,6 +84,21 @@ def test_train_one_tiny_run_leaves_checkpoints_tensorboard_and_grids(tmp_path):
     assert json.loads((tmp_path / "datalist.json").read_text())["training"]
 
 
+def test_the_auto_schedule_overlay_reaches_the_switch_handler(tmp_path):
+    """configs/schedules/auto.json on odir_vq: its auto_switch_* knobs drive the handler, and the switch it chose is
+    recorded in run_info.json."""
+    workflow = _workflow(tmp_path, str(SCHEDULES / "auto.json"), num_epochs=4, checkpoint_every=1000)
+    handler = next(h for h in workflow.parser.get_parsed_content("train#handlers")
+                   if type(h).__name__ == "DeferredQuantizationHandler")
+    assert handler.start == "auto" and handler.auto_min == 1 and handler.auto_max == 3  # max(1, 4 // 4), 4 * 3 // 4
+    assert handler.summary_writer is workflow.parser.get_parsed_content("tb_writer")
+    workflow.run()
+    network = workflow.parser.get_parsed_content("network")
+    workflow.finalize()
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert network.quantizer.active and 1 <= info["switch"]["epoch"] <= 3
+
+
 def _root_cause(error: BaseException) -> BaseException:
     while error.__cause__ is not None:  # MONAI wraps errors of config expressions in a RuntimeError
         error = error.__cause__
