@@ -3,11 +3,18 @@
 from medvq.quantizers.kmeans import KMeansResult, kmeans
 from medvq.quantizers.multiscale import MultiScaleQuantizerOutput, MultiScaleResidualQuantizer
 from medvq.quantizers.search import DEFAULT_CHUNK_SIZE, NearestCodes, nearest_codes
-from medvq.quantizers.vector_quantizer import ActivationReport, QuantizerOutput, VectorQuantizer
+from medvq.quantizers.vector_quantizer import (
+    ACTIVE_FLAG,
+    ActivationReport,
+    QuantizerOutput,
+    VectorQuantizer,
+    upgrade_state_dict,
+)
 
 __all__ = [
-    "ActivationReport",
+    "ACTIVE_FLAG",
     "DEFAULT_CHUNK_SIZE",
+    "ActivationReport",
     "KMeansResult",
     "MultiScaleQuantizerOutput",
     "MultiScaleResidualQuantizer",
@@ -16,4 +23,5 @@ __all__ = [
     "VectorQuantizer",
     "kmeans",
     "nearest_codes",
+    "upgrade_state_dict",
 ]

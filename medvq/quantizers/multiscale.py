@@ -121,7 +121,8 @@ class MultiScaleResidualQuantizer(nn.Module):
     While ``active`` is False the module is a pass-through (``quantized`` is ``z``, ``loss`` is 0) that still reports
     per-scale ``indices``: the nearest codes of the residuals an exact quantizer would leave (see
     :meth:`collect_residuals`). :meth:`activate` sets the codebook from such residuals and turns quantization on;
-    ``active`` is saved in the state dict (extra state of :attr:`codes`).
+    ``active`` is saved in the state dict (the bool buffer ``codes.active_flag`` of :attr:`codes`; old checkpoints
+    with ``codes._extra_state = {"active": bool}`` still load, see :func:`~medvq.quantizers.upgrade_state_dict`).
 
     Args:
         num_embeddings: K, the number of codes shared by all scales (>= 1).
@@ -216,7 +217,8 @@ class MultiScaleResidualQuantizer(nn.Module):
     # ------------------------------------------------------------------ state
     @property
     def active(self) -> bool:
-        """True when quantizing; False while a pass-through (continuous phase)."""
+        """True when quantizing; False while a pass-through (continuous phase). See ``VectorQuantizer.active`` (a
+        buffer underneath; baked into a ``torch.jit.trace`` graph)."""
         return self.codes.active
 
     @active.setter

@@ -9,11 +9,17 @@ quantize.
 
 Limitations: the nearest-code search is exact but O(N K D) in time; ``chunk_size`` bounds its memory, not its cost.
 Dead-code revival draws replacements from the current batch, so it needs batches with at least a few latents.
+
+State dict: ``active`` is the 0-dim bool buffer ``active_flag`` (a tensor, so MONAI's ``copy_model_state``,
+``monai.bundle.load`` and ``CheckpointLoader(strict_shape=False)`` handle it like any weight). Checkpoints of earlier
+medvq versions stored it as the extra state ``_extra_state = {"active": bool}``: ``load_state_dict`` converts that
+entry, and :func:`upgrade_state_dict` converts a whole old state dict for tools that do not call it.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -25,7 +31,12 @@ from medvq.quantizers.kmeans import kmeans
 from medvq.quantizers.search import DEFAULT_CHUNK_SIZE, nearest_codes
 from medvq.utils.distributed import all_gather_rows, all_reduce_sum_, broadcast_, is_distributed, rank
 
-__all__ = ["QuantizerOutput", "ActivationReport", "VectorQuantizer"]
+__all__ = ["ACTIVE_FLAG", "ActivationReport", "QuantizerOutput", "VectorQuantizer", "upgrade_state_dict"]
+
+#: state-dict key (under the quantizer's prefix) of the ``active`` flag: a 0-dim ``torch.bool`` tensor
+ACTIVE_FLAG = "active_flag"
+# where earlier medvq checkpoints kept it: the module's extra state, ``{"active": bool}``
+_LEGACY_KEY = "_extra_state"
 
 _UPDATES = ("gradient", "ema")
 _INITS = ("kmeans", "samples")
@@ -69,6 +80,39 @@ class ActivationReport(NamedTuple):
     usage: float
 
 
+def _legacy_active(value: Any) -> bool | None:
+    """The flag of an old ``_extra_state`` entry ``{"active": bool}``, or None when ``value`` is not one."""
+    if isinstance(value, Mapping) and set(value) == {"active"} and isinstance(value["active"], (bool, int)):
+        return bool(value["active"])
+    return None
+
+
+def upgrade_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``state_dict`` where every old-format quantizer flag is in the current format.
+
+    medvq checkpoints written before the flag became a buffer hold ``<prefix>_extra_state = {"active": bool}`` for
+    each :class:`VectorQuantizer` (``quantizer._extra_state`` in a VQGAN tokenizer, ``quantizer.codes._extra_state``
+    in a multi-scale one); this returns the same entries, in the same order, with those replaced by
+    ``<prefix>active_flag`` bool tensors. ``load_state_dict`` converts them itself; this is for tools that match
+    keys on their own, such as MONAI's ``copy_model_state`` (``monai.bundle.load``, ``ckpt_export``,
+    ``CheckpointLoader(strict_shape=False)``), which would otherwise skip the old entry and leave the quantizer's
+    flag at its constructor value. Other entries, and ``_extra_state`` entries of other shapes, are kept as they are.
+
+    Example:
+        >>> upgrade_state_dict({"quantizer._extra_state": {"active": True}})
+        {'quantizer.active_flag': tensor(True)}
+    """
+    out: dict[str, Any] = {}
+    for key, value in state_dict.items():
+        flag = _legacy_active(value) if key.rsplit(".", 1)[-1] == _LEGACY_KEY else None
+        new_key = key[: -len(_LEGACY_KEY)] + ACTIVE_FLAG
+        if flag is None or new_key in state_dict:  # a current entry wins; load_state_dict then reports the old one
+            out[key] = value
+        else:
+            out[new_key] = torch.tensor(flag)
+    return out
+
+
 def _check_samples(samples: Any, embedding_dim: int) -> tuple[type[Exception], str] | None:
     """The (exception type, message) that ``activate`` must raise for these samples, or None when they are fine."""
     if not isinstance(samples, torch.Tensor):
@@ -88,7 +132,12 @@ class VectorQuantizer(nn.Module):
     While ``active`` is False the module is a pass-through (``quantized`` is ``z``, ``loss`` is 0) that still reports
     the nearest ``indices``, so coverage can be monitored before the switch. :meth:`activate` sets the codebook from
     ``(N, D)`` latents of the current encoder (k-means centroids or a random subset) and turns quantization on.
-    ``active`` is saved in the state dict (as extra state), so a resumed run continues in the same phase.
+    ``active`` is saved in the state dict (the 0-dim bool buffer ``active_flag``), so a resumed run continues in the
+    same phase; an old checkpoint with the flag as extra state ``{"active": bool}`` still loads (see
+    :func:`upgrade_state_dict`). The flag is a bool tensor, so ``.half()`` / ``.to(dtype)`` leave it alone, and it
+    moves with ``.to(device)``. Under DDP it is a buffer that DDP broadcasts from rank 0 (``broadcast_buffers``): that
+    is harmless, because :meth:`activate` and the ``active`` setter set it identically on every rank. Reading it costs
+    a device-to-host copy of one byte per forward call on a GPU.
 
     Args:
         num_embeddings: K, the number of codes (>= 1).
@@ -168,7 +217,6 @@ class VectorQuantizer(nn.Module):
         self.dead_code_threshold = dead_code_threshold
         self.chunk_size = int(chunk_size)
         self.kmeans_iterations = int(kmeans_iterations)
-        self._active = bool(active)
         self.num_revived = 0
 
         if embedding_init == "uniform":
@@ -182,24 +230,26 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("ema_embed_sum", init.clone())
         self.register_buffer("unused_steps", torch.zeros(num_embeddings, dtype=torch.long))
         self.register_buffer("total_revived", torch.zeros((), dtype=torch.long))
+        # the deferred-quantization switch: a persistent buffer (see ACTIVE_FLAG), read through `active`
+        self.register_buffer(ACTIVE_FLAG, torch.tensor(bool(active)))
 
     # ------------------------------------------------------------------ state
     @property
     def active(self) -> bool:
-        """True when quantizing; False while a pass-through (continuous phase)."""
-        return self._active
+        """True when quantizing; False while a pass-through (continuous phase).
+
+        A Python bool read from (and written to, in place) the ``active_flag`` buffer, the one source of truth, so a
+        loaded state dict or a DDP buffer broadcast is seen at once. Under ``torch.jit.trace`` the forward's branch on
+        it is baked into the graph (a ``TracerWarning``): a traced module keeps the phase it was traced in, whatever
+        flag is loaded into it later. That is what an exported, already active tokenizer wants; trace a module in
+        the phase it is meant to run in.
+        """
+        return bool(self.active_flag)
 
     @active.setter
     def active(self, value: bool) -> None:
-        self._active = bool(value)
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"active": self._active}
-
-    def set_extra_state(self, state: Any) -> None:
-        if not isinstance(state, dict) or "active" not in state:
-            raise ValueError(f"VectorQuantizer extra state must be a dict with key 'active', got {state!r}.")
-        self._active = bool(state["active"])
+        with torch.no_grad():
+            self.active_flag.fill_(bool(value))  # in place: DDP broadcasts into the registered tensor
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
@@ -207,6 +257,20 @@ class VectorQuantizer(nn.Module):
         # statistics restart from the loaded codebook) and vice versa (they are dropped), instead of failing or, worse,
         # letting stale statistics overwrite the loaded codebook at the first EMA step
         size_key, sum_key, weight_key = prefix + "ema_cluster_size", prefix + "ema_embed_sum", prefix + "weight"
+        # checkpoints of earlier medvq versions: the flag as extra state {"active": bool} instead of the buffer. A state
+        # dict with neither entry is left to torch (a missing key under strict=True)
+        flag_key, legacy_key = prefix + ACTIVE_FLAG, prefix + _LEGACY_KEY
+        if legacy_key in state_dict and flag_key not in state_dict:
+            legacy = state_dict.pop(legacy_key)
+            flag = _legacy_active(legacy)
+            if flag is None:
+                error_msgs.append(
+                    f"'{legacy_key}' must be an old medvq quantizer flag {{'active': bool}} (current checkpoints store "
+                    f"'{flag_key}', a bool tensor), got {legacy!r}."
+                )
+            else:
+                device = None if self.active_flag.is_meta else self.active_flag.device
+                state_dict[flag_key] = torch.tensor(flag, device=device)
         if self.codebook_update == "ema" and weight_key in state_dict and sum_key not in state_dict:
             state_dict[size_key] = torch.ones(self.num_embeddings)
             state_dict[sum_key] = state_dict[weight_key].detach().clone()
@@ -224,7 +288,8 @@ class VectorQuantizer(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}, "
-            f"codebook_update={self.codebook_update!r}, normalize={self.normalize}, active={self._active}"
+            f"codebook_update={self.codebook_update!r}, normalize={self.normalize}, "
+            f"active={'?' if self.active_flag.is_meta else self.active}"
         )
 
     # ------------------------------------------------------------------ forward
@@ -267,7 +332,7 @@ class VectorQuantizer(nn.Module):
             indices = nearest_codes(flat.detach(), codebook.detach(), self.chunk_size).indices  # (N,)
             counts = torch.bincount(indices, minlength=self.num_embeddings)  # (K,)
             perplexity = perplexity_from_counts(counts)
-            if not self._active:
+            if not self.active:
                 # 2a. continuous phase: pass-through, nothing learned by the codebook. The zero loss still touches the
                 # codebook parameter so that DDP (without find_unused_parameters) gets a (zero) gradient for it
                 passed = z if not self.normalize else flat.view(*batch_shape, -1).movedim(-1, 1).to(z.dtype)
@@ -415,7 +480,7 @@ class VectorQuantizer(nn.Module):
             self.ema_cluster_size.fill_(1.0)
             self.ema_embed_sum.copy_(codebook)
         self.unused_steps.zero_()
-        self._active = True
+        self.active = True
         seconds = time.perf_counter() - start
         assigned = nearest_codes(latents, codebook, self.chunk_size).indices
         usage = float(torch.bincount(assigned, minlength=self.num_embeddings).gt(0).float().mean())

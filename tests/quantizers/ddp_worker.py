@@ -61,11 +61,16 @@ def main(out_dir: str) -> None:
         optimizer.zero_grad()
         ddp(torch.randn(2, 4, 10, generator=g)).backward()
         optimizer.step()
-    result["ddp_weights"] = {k: v.detach().clone() for k, v in model.state_dict().items() if k != "vq._extra_state"}
-    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    result["ddp_weights"] = {k: v.detach().clone() for k, v in model.state_dict().items()}  # incl. vq.active_flag
     # free the DDP reducer while the process group still exists: destroying it afterwards (when main returns) can
     # hang the process at exit with gloo
     del ddp, optimizer
+    # the flag is a buffer: DDP broadcasts rank 0's at construction (broadcast_buffers=True), e.g. after a rank-0 load
+    probe = VectorQuantizer(4, 2, active=rank == 0)
+    probe_ddp = torch.nn.parallel.DistributedDataParallel(probe)
+    result["broadcast_active"] = probe.active
+    del probe_ddp
+    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.barrier()
     dist.destroy_process_group()
 

@@ -51,5 +51,11 @@ def test_ddp_wrapped_training_through_the_switch(ranks):
     """A DDP model trains in the pass-through phase, switches and quantizes; the ranks stay identical."""
     r0, r1 = ranks
     assert set(r0["ddp_weights"]) == set(r1["ddp_weights"])
+    assert bool(r0["ddp_weights"]["vq.active_flag"]) and bool(r1["ddp_weights"]["vq.active_flag"])  # switched on
     for key in r0["ddp_weights"]:
         assert torch.equal(r0["ddp_weights"][key], r1["ddp_weights"][key]), key
+
+
+def test_ddp_broadcasts_the_active_flag_of_rank_0(ranks):
+    # the flag is a buffer, so DDP's construction-time sync makes a flag set (or loaded) on rank 0 only every rank's
+    assert ranks[0]["broadcast_active"] is True and ranks[1]["broadcast_active"] is True

@@ -153,7 +153,7 @@ def test_inactive_is_pass_through(spatial):
     assert vq.weight.grad is not None and float(vq.weight.grad.abs().sum()) == 0.0
     # indices are still the nearest codes, so coverage can be watched before the switch
     active = VectorQuantizer(16, 4, embedding_init="normal")
-    active.load_state_dict({**vq.state_dict(), "_extra_state": {"active": True}})
+    active.load_state_dict({**vq.state_dict(), "active_flag": torch.tensor(True)})
     assert torch.equal(out.indices, active(z).indices)
 
 
