@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from monai.engines import Evaluator
 from monai.engines.utils import default_prepare_batch
+from monai.inferers import Inferer, SimpleInferer
 from monai.utils.enums import StrEnum
 from torch import nn
 
@@ -42,6 +43,8 @@ class TokenizerEvaluator(Evaluator):
         amp: autocast with bfloat16 during the forward pass. Default False.
         epoch_length, non_blocking, prepare_batch: as MONAI's ``Evaluator``.
         key_val_metric, additional_metrics, val_handlers: MONAI metric dicts and handlers.
+        inferer: MONAI inferer that runs the tokenizer; it is called as ``inferer(images, tokenizer,
+            return_output=True)`` and must return the tokenizer's full output. Default ``SimpleInferer()``.
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class TokenizerEvaluator(Evaluator):
         key_val_metric: dict | None = None,
         additional_metrics: dict | None = None,
         val_handlers: Sequence | None = None,
+        inferer: Inferer | None = None,
     ) -> None:
         super().__init__(
             device=device,
@@ -71,6 +75,7 @@ class TokenizerEvaluator(Evaluator):
             decollate=False,
         )
         self.network = network
+        self.inferer = inferer if inferer is not None else SimpleInferer()
         self.image_key = image_key
         self.use_amp = bool(amp)
         self.autocast_device = torch.device(device).type
@@ -85,7 +90,7 @@ class TokenizerEvaluator(Evaluator):
         tokenizer.eval()
         try:
             with torch.no_grad(), torch.autocast(engine.autocast_device, dtype=torch.bfloat16, enabled=engine.use_amp):
-                output = tokenizer.forward_with_output(images)
+                output = engine.inferer(images, tokenizer, return_output=True)
         finally:
             tokenizer.train(was_training)
         indices, latents = output.quantizer.indices, output.latents.float()

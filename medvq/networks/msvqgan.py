@@ -149,6 +149,11 @@ class MultiScaleVQGANTokenizer(VQGANTokenizer):
         """One ``(B, *scale_k)`` int64 token map per scale of images ``x`` (a pure lookup, also while inactive)."""
         return self.quantizer.latent_to_indices(self.encode(x))
 
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Token indices ``(B, 1, L)`` int64 of images ``x``: every scale's map flattened, coarse scale first
+        (:meth:`MultiScaleResidualQuantizer.flatten_indices`), with a channel axis."""
+        return self.quantizer.flatten_indices(self.encode_to_indices(x)).unsqueeze(1)
+
     def decode_indices(self, indices: Sequence[torch.Tensor]) -> torch.Tensor:  # type: ignore[override]
         """Images ``(B, out_channels, *image_shape)`` from one token map per scale (or a ``(B, L)`` sequence)."""
         if isinstance(indices, torch.Tensor):

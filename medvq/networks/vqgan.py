@@ -28,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 
 from medvq.quantizers import QuantizerOutput, VectorQuantizer, nearest_codes
 
-__all__ = ["TokenizerOutput", "VQGANTokenizer"]
+__all__ = ["TokenizerOutput", "VQGANTokenizer", "tokens_as_forward"]
 
 # taming-transformers' GroupNorm epsilon (torch's default 1e-5 is fine too; 1e-6 keeps parity with its checkpoints)
 _NORM_EPS = 1e-6
@@ -202,6 +202,7 @@ class VQGANTokenizer(nn.Module):
         self.embedding_dim = embedding_dim
         self.num_embeddings = num_embeddings
         self.use_checkpointing = use_checkpointing
+        self.forward_output = "reconstruction"  # or "tokens": see tokens_as_forward
         blocks = dict(
             spatial_dims=spatial_dims,
             channels=channels,
@@ -329,15 +330,24 @@ class VQGANTokenizer(nn.Module):
         return TokenizerOutput(self.decode(quantized.quantized), quantized, latents)
 
     def forward(self, x: torch.Tensor, return_output: bool = False) -> torch.Tensor | TokenizerOutput:
-        """Reconstruction ``(B, out_channels, *spatial)`` of ``x`` ``(B, in_channels, *spatial)``.
+        """Reconstruction ``(B, out_channels, *spatial)`` of ``x`` ``(B, in_channels, *spatial)``; after
+        :func:`tokens_as_forward`, its token map :meth:`tokens` instead.
 
         Args:
             x: images.
-            return_output: return the full :class:`TokenizerOutput` instead (what the trainer asks for: under DDP
-                the wrapped module must be called through ``forward`` for gradients to be synchronised).
+            return_output: return the full :class:`TokenizerOutput` instead (what the trainer and the evaluator ask
+                for: under DDP the wrapped module must be called through ``forward`` for gradients to be
+                synchronised).
         """
+        if self.forward_output == "tokens" and not return_output:
+            return self.tokens(x)
         output = self.forward_with_output(x)
         return output if return_output else output.reconstruction
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Token indices ``(B, 1, *spatial / factor)`` int64 of images ``x``: :meth:`encode_to_indices` with a
+        channel axis, the layout MONAI's bundle checks (``verify_net_in_out``) and exported TorchScript use."""
+        return self.encode_to_indices(x).unsqueeze(1)
 
     @torch.no_grad()
     def encode_to_indices(self, x: torch.Tensor) -> torch.Tensor:
@@ -366,3 +376,18 @@ class VQGANTokenizer(nn.Module):
             shape = tuple(indices.shape) if isinstance(indices, torch.Tensor) else type(indices).__name__
             raise ValueError(f"indices must have shape (B, *tokens) with {self.spatial_dims} token dims, got {shape}.")
         return self.decode(self.quantizer.lookup(indices))
+
+
+def tokens_as_forward(network: VQGANTokenizer) -> VQGANTokenizer:
+    """Make ``network(images)`` return its token map ``(B, 1, *grid)`` int64 (:meth:`VQGANTokenizer.tokens`) instead
+    of the reconstruction; returns the same module (its weights and state-dict keys are unchanged).
+
+    Why: a MONAI bundle's ``network_def`` is checked (``verify_net_in_out``) and exported (``ckpt_export``) through
+    ``forward`` alone, and a tokenizer's product is its tokens, so the bundles' ``inference.json`` builds the network
+    this way; ``forward(x, return_output=True)`` (what the evaluators call) still gives the full output.
+    ``torch.jit.trace`` of such a network gives a TorchScript tokenizer whose token maps equal the eager ones.
+    """
+    if not isinstance(network, VQGANTokenizer):
+        raise TypeError(f"tokens_as_forward needs a VQGANTokenizer, got {type(network).__name__}.")
+    network.forward_output = "tokens"
+    return network

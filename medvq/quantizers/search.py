@@ -85,10 +85,11 @@ def nearest_codes(
         chunk_size = max(num_rows, 1) * max(num_codes, 1)
     codes_per_block = min(num_codes, CODE_BLOCK, chunk_size)
     rows_per_block = max(1, chunk_size // codes_per_block)
+    tracing = torch.jit.is_tracing()
     indices = torch.empty(num_rows, dtype=torch.long, device=x.device)
     distances = torch.empty(num_rows, dtype=x.dtype, device=x.device) if return_distances else None
     for start in range(0, num_rows, rows_per_block):
-        xb = x[start : start + rows_per_block]  # (n, D)
+        xb = x if tracing else x[start : start + rows_per_block]  # (n, D)
         best_value, best_index = None, None
         for k0 in range(0, num_codes, codes_per_block):
             k1 = k0 + codes_per_block
@@ -101,6 +102,10 @@ def nearest_codes(
                 better = value < best_value  # strict: ties keep the lower code index, as an unblocked argmin
                 best_value = torch.where(better, value, best_value)
                 best_index = torch.where(better, index + k0, best_index)
+        if tracing:
+            # one block of all rows: return it as is; a slice assignment would bake the example's row count into
+            # the graph (a traced tokenizer must work for any batch size)
+            return NearestCodes(best_index, (xb - codebook[best_index]).square().sum(1) if return_distances else None)
         indices[start : start + rows_per_block] = best_index
         if distances is not None:
             # recomputed from the differences: the expanded form loses ~1e-7 * ||x||^2 to cancellation, which

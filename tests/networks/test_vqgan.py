@@ -340,3 +340,27 @@ def test_input_errors(small, method, argument, error, message):
 def test_latent_shape_of_the_f16_preset_names_the_size(f16):
     with pytest.raises(ValueError, match=r"image size \(250, 250\) is not divisible by the downsample factor 16"):
         f16.latent_shape(250)
+
+
+def test_tokens_as_forward_returns_token_maps_and_traces_for_any_batch_size():
+    import warnings
+
+    from medvq.networks import msvqgan_tiny, tokens_as_forward, vqgan_tiny
+
+    torch.manual_seed(0)
+    for network in (vqgan_tiny(), msvqgan_tiny()):
+        network = tokens_as_forward(network).eval()
+        x = torch.rand(4, 3, 32, 32) * 2 - 1
+        tokens = network(x)
+        assert tokens.dtype == torch.int64 and tokens.shape[:2] == (4, 1)
+        flat = network.encode_to_indices(x)
+        if isinstance(flat, list):  # multi-scale: every scale's map, coarse to fine
+            flat = network.quantizer.flatten_indices(flat)
+        assert torch.equal(tokens[:, 0], flat)
+        assert network(x, return_output=True).reconstruction.shape == x.shape  # what the evaluators call
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings about shape checks baked into the graph
+            traced = torch.jit.trace(network, x[:1])  # traced on one image, used on four
+        assert torch.equal(traced(x), tokens)
+    with pytest.raises(TypeError, match="needs a VQGANTokenizer"):
+        tokens_as_forward(torch.nn.Linear(2, 2))
