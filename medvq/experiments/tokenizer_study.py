@@ -36,7 +36,8 @@ __all__ = ["Arm", "parse_arm", "read_run", "run_study", "format_table"]
 
 logger = logging.getLogger(__name__)
 
-#: metrics shown in the table, in order (``val_`` prefix dropped); missing ones print as "-"
+#: metrics shown in the table, in order (the tags ``val/<name>``, or ``val_<name>`` in older runs); missing ones print
+#: as "-"
 COLUMNS = ("perplexity", "usage", "dead_codes", "code_distance", "code_distance_used", "shrinkage",
            "latent_effective_dim", "codebook_effective_dim", "psnr", "ssim")
 
@@ -85,17 +86,21 @@ def _final_model(run_dir: Path) -> Path | None:
 
 
 def read_run(run_dir: Path) -> dict[str, float]:
-    """The last value of every ``val_*`` scalar in the run's TensorBoard files (prefix dropped), plus the switch
-    iteration from ``run_info.json`` when the run recorded one."""
+    """The last value of every validation scalar in the run's TensorBoard files, by name without its group: ``val/x``
+    (the bundles' tags) and ``val_x`` (runs logged before the ``val/`` group) both give ``x``, the one logged at the
+    later step winning; plus the switch iteration from ``run_info.json`` when the run recorded one."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    metrics: dict[str, float] = {}
+    last: dict[str, tuple[int, float]] = {}
     for events in sorted({p.parent for p in run_dir.glob("**/events.out.tfevents.*")}):
         acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
         acc.Reload()
         for tag in acc.Tags()["scalars"]:
-            if tag.startswith("val_"):
-                metrics[tag[4:]] = float(acc.Scalars(tag)[-1].value)
+            if tag.startswith(("val/", "val_")):
+                event = acc.Scalars(tag)[-1]
+                if tag[4:] not in last or event.step >= last[tag[4:]][0]:
+                    last[tag[4:]] = (event.step, float(event.value))
+    metrics = {name: value for name, (_, value) in last.items()}
     for info in run_dir.glob("**/run_info.json"):
         data = json.loads(info.read_text())
         if isinstance(data.get("switch"), dict) and "iteration" in data["switch"]:

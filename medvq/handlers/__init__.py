@@ -1,4 +1,5 @@
-"""Ignite handlers: the deferred-quantization switch, reconstruction grids, code frequencies, progress bar."""
+"""Ignite handlers: the deferred-quantization switch, reconstruction grids, code frequencies, progress bar, TensorBoard
+layout (tag groups, run settings, hparams)."""
 
 from medvq.handlers.checkpoint import (
     CheckpointHandler,
@@ -15,6 +16,7 @@ from medvq.handlers.generation_report import GenerationReportHandler
 from medvq.handlers.gradient_clip import GradientClipHandler
 from medvq.handlers.monitoring import CodeFrequencyHandler, ProgressBarHandler, ReconstructionGridHandler, make_grid
 from medvq.handlers.sample_grid import SampleGridHandler
+from medvq.handlers.tensorboard import MetricsWriter, RunSummaryHandler, grouped_scalars, grouped_tag
 
 __all__ = [
     "CheckpointHandler",
@@ -23,12 +25,16 @@ __all__ = [
     "EvaluationReportHandler",
     "GenerationReportHandler",
     "GradientClipHandler",
+    "MetricsWriter",
     "ProgressBarHandler",
     "ReconstructionGridHandler",
     "ResumeFromCheckpoint",
+    "RunSummaryHandler",
     "SampleGridHandler",
     "check_run_folder",
     "file_sha256",
+    "grouped_scalars",
+    "grouped_tag",
     "latest_checkpoint",
     "list_checkpoints",
     "make_grid",

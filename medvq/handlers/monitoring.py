@@ -65,7 +65,10 @@ class ReconstructionGridHandler:
         output_transform: maps ``engine.state.output`` to ``(images, reconstructions)``. Default reads ``image``
             and ``pred``.
         max_images: rows of the grid. Default 8.
-        tag: TensorBoard tag. Default ``"val_reconstructions"``.
+        tag: TensorBoard tag. Default ``"val/reconstructions"`` (the ``val/`` group, :mod:`medvq.handlers.tensorboard`).
+            One image per evaluation under one tag: TensorBoard's server keeps 10 images per tag unless started with
+            ``--samples_per_plugin images=N`` with N at least the number of evaluations (the bundle READMEs' watch commands:
+            1000; ``images=0`` shows none in TensorBoard 2.21).
     """
 
     def __init__(
@@ -75,7 +78,7 @@ class ReconstructionGridHandler:
         step_transform: Callable[[Engine], int] | None = None,
         output_transform: Callable[[Any], Sequence[torch.Tensor]] | None = None,
         max_images: int = 8,
-        tag: str = "val_reconstructions",
+        tag: str = "val/reconstructions",
     ) -> None:
         self.output_dir = Path(output_dir)
         self.summary_writer = summary_writer
@@ -125,12 +128,12 @@ class CodeFrequencyHandler:
         coverage: the :class:`medvq.metrics.CodebookCoverage` attached to the evaluator (reads ``last_counts``).
         summary_writer: TensorBoard ``SummaryWriter``.
         step_transform: maps the evaluator to the global step. Default: its epoch.
-        tag: TensorBoard tag prefix. Default ``"val_code"``.
+        tag: TensorBoard tag prefix. Default ``"val/code"`` (``val/code_index``, ``val/code_log10_count``).
     """
 
     def __init__(
         self, coverage: Any, summary_writer: Any, step_transform: Callable[[Engine], int] | None = None,
-        tag: str = "val_code",
+        tag: str = "val/code",
     ) -> None:
         self.coverage = coverage
         self.summary_writer = summary_writer

@@ -27,13 +27,30 @@ def test_read_run_takes_the_last_validation_scalars_and_the_switch(tmp_path):
 
     writer = SummaryWriter(str(tmp_path / "tokenizer" / "tensorboard"))
     for epoch, value in enumerate([10.0, 20.0, 30.0], start=1):
-        writer.add_scalar("val_perplexity", value, epoch)
-        writer.add_scalar("loss", 1.0 / epoch, epoch)  # not a validation scalar: left out
+        writer.add_scalar("val/perplexity", value, epoch)
+        writer.add_scalar("train/loss", 1.0 / epoch, epoch)  # not a validation scalar: left out
+        writer.add_scalar("switch/iteration", 80, epoch)  # neither
     writer.close()
     (tmp_path / "tokenizer" / "run_info.json").write_text(json.dumps({"switch": {"iteration": 80}}))
     assert read_run(tmp_path) == {"perplexity": 30.0, "switch_iteration": 80.0}
     with pytest.raises(FileNotFoundError, match="no validation scalars"):
         read_run(tmp_path / "empty")
+
+
+def test_read_run_reads_runs_logged_with_the_old_flat_tags(tmp_path):
+    """Runs of earlier studies logged ``val_x`` (no ``val/`` group): read as ``x``; a run resumed after the change has
+    both, and the later step wins."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    old = SummaryWriter(str(tmp_path / "old" / "tensorboard"))
+    old.add_scalar("val_psnr", 21.0, 4)
+    old.add_scalar("loss", 1.0, 4)
+    old.close()
+    assert read_run(tmp_path / "old") == {"psnr": 21.0}
+    mixed = SummaryWriter(str(tmp_path / "old" / "tensorboard"))  # a later start of the same run, new tags
+    mixed.add_scalar("val/psnr", 23.0, 8)
+    mixed.close()
+    assert read_run(tmp_path / "old") == {"psnr": 23.0}
 
 
 def test_an_unfinished_run_resumes_and_one_without_a_checkpoint_is_moved_aside(tmp_path):
