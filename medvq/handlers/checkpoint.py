@@ -208,11 +208,14 @@ class CheckpointHandler:
         every_iterations: save period in iterations (>= 1).
         n_saved: how many periodic checkpoints to keep (>= 1). Default 2.
         final_key: key of ``save_dict`` whose weights are written to ``model_final.pt``; None skips it.
+        publish_to: also write the final weights to this file (the bundles: ``<bundle_root>/models/model.pt``, where
+            the MONAI model zoo and the bundles' inference look), or None. An existing file there is never replaced:
+            that is an error when the handler is built, before any training.
     """
 
     def __init__(
         self, save_dir: str | Path, save_dict: dict[str, Any], every_iterations: int, n_saved: int = 2,
-        final_key: str | None = "network",
+        final_key: str | None = "network", publish_to: str | Path | None = None,
     ) -> None:
         if isinstance(every_iterations, bool) or not isinstance(every_iterations, int) or every_iterations < 1:
             raise ValueError(f"every_iterations (checkpoint_every) must be an integer >= 1, got {every_iterations!r}.")
@@ -220,6 +223,15 @@ class CheckpointHandler:
             raise ValueError(f"n_saved must be an integer >= 1, got {n_saved!r}.")
         if final_key is not None and final_key not in save_dict:
             raise ValueError(f"final_key {final_key!r} is not a key of save_dict ({sorted(save_dict)}).")
+        self.publish_to = Path(publish_to) if publish_to else None
+        if self.publish_to is not None:
+            if final_key is None:
+                raise ValueError("publish_to needs final_key: the weights it publishes are model_final.pt's.")
+            if self.publish_to.exists():
+                raise FileExistsError(
+                    f"'{self.publish_to}' already exists and is never replaced: move it away (or pass "
+                    "--publish_model False) before training a model to publish there."
+                )
         self.save_dir = Path(save_dir)
         self.save_dict = save_dict
         self.every_iterations = int(every_iterations)
@@ -278,6 +290,12 @@ class CheckpointHandler:
             raise write_failure(target, exc, state_size(state), after) from exc
         tmp.replace(target)  # atomic on POSIX
         logger.info("wrote %s", target)
+        if self.publish_to is not None:
+            self.publish_to.parent.mkdir(parents=True, exist_ok=True)
+            published = self.publish_to.with_name(self.publish_to.name + ".tmp")
+            published.write_bytes(target.read_bytes())
+            published.replace(self.publish_to)
+            logger.info("published the final weights to %s", self.publish_to)
         return target
 
     def _complete(self, engine: Engine) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,6 @@ CONFIGS = ROOT / "bundles" / "odir_var" / "configs"
 STAGE1, STAGE2 = str(CONFIGS / "train_tokenizer.json"), str(CONFIGS / "train.json")
 SAMPLE, EVALUATE = str(CONFIGS / "sample.json"), str(CONFIGS / "evaluate.json")
 QUICKSTART = str(ROOT / "configs" / "quickstart.json")
-SCHEMA = Path(__file__).with_name("meta_schema.json")
 PNG = b"\x89PNG\r\n\x1a\n"
 # tiny sizes: 32 px images -> 8x8 latent (msvqgan_tiny, factor 4) -> 4 scales, 1 + 4 + 16 + 64 = 85 tokens
 TINY = {"image_size": 32, "scales": [1, 2, 4, 8], "num_embeddings": 32, "embedding_dim": 4, "synthetic_images": 24,
@@ -82,23 +82,18 @@ def trained(tmp_path_factory):
     return out, metrics, epochs
 
 
-def test_metadata_is_valid_offline():
-    from monai.bundle import verify_metadata
-
-    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))
-
-
 def test_stage1_trains_the_multiscale_tokenizer_with_the_deferred_switch(trained):
     out, _, _ = trained
     state = torch.load(out / "tokenizer" / "checkpoints" / "model_final.pt", weights_only=True)
-    assert state["quantizer.codes._extra_state"] == {"active": True}  # the switch fired
+    assert state["quantizer.codes.active_flag"].dtype == torch.bool and bool(state["quantizer.codes.active_flag"])
     assert state["quantizer.codes.weight"].shape == (32, 4)
     info = json.loads((out / "tokenizer" / "run_info.json").read_text())
     assert info["scales"] == [1, 2, 4, 8] and info["tokenizer_preset"] == "msvqgan_tiny"
     tags = _scalar_tags(out / "tokenizer" / "tensorboard")
-    for tag in ("vq_loss", "val_usage", "val_perplexity", "val_tokens_perplexity_s0", "val_tokens_usage_s3",
-                "val_reconstructions"):
-        assert any(t.endswith(tag) for t in tags), tag
+    for tag in ("train/vq_loss", "val/usage", "val/perplexity", "val/tokens_perplexity_s0", "val/tokens_usage_s3",
+                "val/reconstructions"):
+        assert tag in tags, tag
+    assert all(t.split("/")[0] in ("train", "val", "switch") for t in tags), sorted(tags)
 
 
 def test_stage2_trains_the_generator_with_per_scale_accuracy_and_sample_grids(trained):
@@ -111,16 +106,67 @@ def test_stage2_trains_the_generator_with_per_scale_accuracy_and_sample_grids(tr
     assert [g.name for g in grids] == ["samples_epoch0001.png", "samples_epoch0002.png"]
     assert Image.open(grids[-1]).size == (4 * 32, 8 * 32)  # 4 samples x 8 conditions
     scalars = _scalars(out / "generator" / "tensorboard")
-    for tag in ("loss", "grad_norm", "token_acc", "token_acc_s0", "samples"):
-        assert any(t.endswith(tag) for t in scalars), tag
+    for tag in ("train/loss", "train/grad_norm", "train/token_acc", "train/token_acc_s0", "samples"):
+        assert tag in scalars, tag
     # the accuracy logged at epoch N is epoch N's (the metric is computed before the loggers run), at the iteration
     # that ends epoch N (every TensorBoard step is a trainer iteration)
     last = torch.load(sorted((out / "generator" / "checkpoints").glob("checkpoint_*.pt"))[-1], weights_only=True)
     epoch_length = last["trainer"]["epoch_length"]
-    assert [step for step, _ in scalars["token_acc"]] == [epoch_length, 2 * epoch_length]
-    assert scalars["token_acc"][-1][1] == pytest.approx(metrics["token_acc"], rel=1e-6)
+    assert [step for step, _ in scalars["train/token_acc"]] == [epoch_length, 2 * epoch_length]
+    assert scalars["train/token_acc"][-1][1] == pytest.approx(metrics["token_acc"], rel=1e-6)
     info = json.loads((out / "generator" / "run_info.json").read_text())
     assert info["stage"] == "generator" and info["precompute_tokens"] is True
+
+
+# top-level keys of the train configs that are not settings (components, structure, expressions the workflow runs)
+_NOT_SETTINGS = {"imports", "+imports", "datalists", "network_def", "network", "discriminator_def", "discriminator",
+                 "generator_def", "generator", "tensorboard_step", "initialize", "run", "training", "finalize",
+                 "tensorboard_settings", "+tensorboard_settings", "tensorboard_hparams", "tensorboard_hparam_metrics",
+                 "tensorboard_tokenizer_run_info"}
+
+
+def _knobs(config_file: str) -> list[str]:
+    config = json.loads(Path(config_file).read_text())
+    return [k for k, v in config.items() if not k.startswith("_") and "#" not in k and not isinstance(v, dict)
+            and k not in _NOT_SETTINGS]
+
+
+def _summary(event_dir: Path) -> tuple[dict[str, str], dict, list[str], list[str]]:
+    """A stage's run/config rows, its HParams values, hyper-parameter names and metric columns."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    acc = EventAccumulator(str(event_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    (config,) = acc.Tensors("run/config")
+    assert config.step == 0 and len(acc.Tensors("run/run_info")) == 1
+    table = config.tensor_proto.string_val[0].decode()
+    rows = {m[1]: m[2] for m in re.finditer(r"^\| `([^`]+)` \| `(.*)` \|$", table, re.MULTILINE)}
+    content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
+    start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
+    experiment = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
+    return (rows, {k: v.string_value or v.number_value for k, v in start.hparams.items()},
+            [h.name for h in experiment.hparam_infos], [m.name.tag for m in experiment.metric_infos])
+
+
+def test_both_stages_write_their_settings_and_one_hparams_table(trained):
+    """Each stage writes its resolved settings as run/config text (stage 2: stage 1's and its own) and, at the end, an
+    HParams entry; the two stages name the same hyper-parameters and metric columns, because TensorBoard's HParams
+    tab takes its columns from one run of the logdir."""
+    out, _, _ = trained
+    rows1, hparams1, names1, columns1 = _summary(out / "tokenizer" / "tensorboard")
+    rows2, hparams2, names2, columns2 = _summary(out / "generator" / "tensorboard")
+    assert set(_knobs(STAGE1)) <= set(rows1), sorted(set(_knobs(STAGE1)) - set(rows1))
+    assert set(_knobs(STAGE1)) | set(_knobs(STAGE2)) <= set(rows2), sorted(set(_knobs(STAGE2)) - set(rows2))
+    assert rows1["scales"] == "[1, 2, 4, 8]" and rows1["num_epochs"] == "2"
+    assert rows2["generator_preset"] == '"var_tiny"'
+    assert names1 == names2 and columns1 == columns2
+    assert {"val/usage", "val/code_distance", "val/psnr", "val/ssim", "train/token_acc"} <= set(columns1)
+    assert hparams1 == {"stage": "tokenizer", "schedule": "deferred", "quantize_start": "1", "num_embeddings": 32,
+                        "embedding_dim": 4, "lr": pytest.approx(0.0005), "seed": 0, "preset": "msvqgan_tiny"}
+    # schedule and quantize_start of the tokenizer the generator learns from (stage 2 ran without STAGE1_RUN's
+    # quantize_start=1: its own config says the quickstart's 8)
+    assert hparams2 == {**hparams1, "stage": "generator", "lr": pytest.approx(0.002), "preset": "var_tiny"}
 
 
 def test_sample_writes_pngs_with_provenance_sidecars(trained):
@@ -277,7 +323,7 @@ def test_torchrun_two_gloo_processes_train_the_tokenizer_with_one_codebook(tmp_p
                           timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [torch.load(tmp_path / "run" / f"codebook_rank{r}.pt", weights_only=True) for r in range(2)]
-    assert ranks[0]["codes._extra_state"] == ranks[1]["codes._extra_state"] == {"active": True}
+    assert bool(ranks[0]["codes.active_flag"]) and bool(ranks[1]["codes.active_flag"])
     assert torch.equal(ranks[0]["codes.weight"], ranks[1]["codes.weight"])
     assert (tmp_path / "run" / "tokenizer" / "checkpoints" / "model_final.pt").is_file()
 

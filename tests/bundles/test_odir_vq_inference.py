@@ -41,9 +41,7 @@ def _chain(exc: BaseException | None) -> list[BaseException]:
 
 
 def _inference(*configs: str, run_id: str = "inference", **overrides) -> ConfigWorkflow:
-    # workflow_type=None checks only the metadata properties: the "infer" type requires an `inferer` item, which a
-    # tokenizer evaluator has no use for
-    workflow = ConfigWorkflow(config_file=list(configs), meta_file=META, logging_file=LOGGING, workflow_type=None,
+    workflow = ConfigWorkflow(config_file=list(configs), meta_file=META, logging_file=LOGGING, workflow_type="infer",
                               run_id=run_id, **overrides)
     workflow.initialize()
     return workflow
@@ -133,10 +131,10 @@ def test_token_saver_rejects_bad_arguments():
 # ---------------------------------------------------------------------------------------------- bundle runs
 def test_inference_writes_reconstructions_token_maps_and_summary(trained, images, tmp_path):
     out = tmp_path / "run"
-    # no dataset_dir and no generated images: train.json's `datalists` would raise, inference must never build it
-    workflow = _inference(TRAIN, QUICKSTART, INFERENCE, output_dir=str(out), dataset_dir="", synthetic_images=0,
-                          input_dir=str(images), checkpoint=str(trained / "checkpoints" / "model_final.pt"))
-    assert workflow.check_properties() in (None, [])
+    # inference.json stands alone (the model zoo's layout): the quickstart overlay only sets the sizes
+    workflow = _inference(INFERENCE, QUICKSTART, output_dir=str(out), input_dir=str(images),
+                          checkpoint=str(trained / "checkpoints" / "model_final.pt"))
+    assert workflow.check_properties() in (None, [])  # bundle_root, device, dataset_dir, dataset, evaluator, ...
     workflow.run()
     network = workflow.parser.get_parsed_content("network")
     workflow.finalize()
@@ -183,7 +181,7 @@ def test_inference_writes_reconstructions_token_maps_and_summary(trained, images
 
 def test_inference_from_a_full_checkpoint_and_the_training_datalist(trained, tmp_path):
     checkpoint = latest_checkpoint(trained / "checkpoints")  # checkpoint_<iteration>.pt: networks, optimizers, ...
-    workflow = _inference(TRAIN, QUICKSTART, INFERENCE, output_dir=str(trained), run_id="run",
+    workflow = _inference(INFERENCE, QUICKSTART, output_dir=str(trained), run_id="run",
                           input_datalist=str(trained / "datalist.json"), checkpoint=str(checkpoint),
                           inference_output_dir=str(tmp_path / "tokens"), batch_size=1)
     workflow.run()
@@ -195,9 +193,24 @@ def test_inference_from_a_full_checkpoint_and_the_training_datalist(trained, tmp
 
 
 def test_missing_checkpoint_names_the_path_and_the_override(tmp_path, images):
-    with pytest.raises(Exception) as info:
-        _inference(TRAIN, QUICKSTART, INFERENCE, output_dir=str(tmp_path / "fresh"), input_dir=str(images))
-    missing = [e for e in _chain(info.value) if isinstance(e, FileNotFoundError)]
-    assert missing, _chain(info.value)
-    assert str(tmp_path / "fresh" / "checkpoints" / "model_final.pt") in str(missing[0])
-    assert "pass --checkpoint <model_final.pt or checkpoint_<N>.pt>" in str(missing[0])
+    # with the quickstart overlay: the quickstart run's model_final.pt; alone: the bundle's models/model.pt
+    for configs, expected in (((INFERENCE, QUICKSTART), tmp_path / "fresh" / "checkpoints" / "model_final.pt"),
+                              ((INFERENCE,), tmp_path / "bundle" / "models" / "model.pt")):
+        with pytest.raises(Exception) as info:
+            _inference(*configs, output_dir=str(tmp_path / "fresh"), input_dir=str(images),
+                       bundle_root=str(tmp_path / "bundle"))
+        missing = [e for e in _chain(info.value) if isinstance(e, FileNotFoundError)]
+        assert missing, _chain(info.value)
+        assert str(expected) in str(missing[0])
+        assert "pass --checkpoint <model_final.pt or checkpoint_<N>.pt>" in str(missing[0])
+
+
+def test_inference_and_train_share_the_network_defaults():
+    """inference.json stands alone, so it repeats train.json's network knobs: they must not drift apart."""
+    train = json.loads(Path(TRAIN).read_text())
+    inference = json.loads(Path(INFERENCE).read_text())
+    for key in ("bundle_root", "output_dir", "device", "seed", "image_size", "batch_size", "num_workers", "amp",
+                "network_preset", "num_embeddings", "embedding_dim", "commitment_cost", "codebook_update"):
+        assert inference[key] == train[key], key
+    tokenizer = train["network_def"][1:].replace("quantize=@quantize_start is None", "quantize=True")
+    assert inference["network_def"] == f"$medvq.networks.tokens_as_forward({tokenizer})"

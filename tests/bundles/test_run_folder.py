@@ -143,7 +143,7 @@ def test_sigkill_during_a_checkpoint_write_then_resume(tmp_path):
     left = sorted(p.name for p in (run / "checkpoints").iterdir())
     temporaries = [n for n in left if n.startswith("tmp")]
     assert _checkpoints(run) == ["checkpoint_2.pt", "checkpoint_4.pt"] and len(temporaries) == 1, left
-    assert max(_steps(run)["loss"]) >= 5  # the killed run logged steps after its last checkpoint
+    assert max(_steps(run)["train/loss"]) >= 5  # the killed run logged steps after its last checkpoint
 
     workflow = _workflow(run, resume_from="latest", num_epochs=4)
     trainer = workflow.parser.get_parsed_content("train#trainer")
@@ -156,9 +156,9 @@ def test_sigkill_during_a_checkpoint_write_then_resume(tmp_path):
     assert (run / "checkpoints" / "model_final.pt").is_file()
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith("tmp")]
     steps = _steps(run)
-    assert steps["loss"] == list(range(1, 9))  # each iteration once, although 5 (and 6) were logged twice
+    assert steps["train/loss"] == list(range(1, 9))  # each iteration once, although 5 (and 6) were logged twice
     # epoch-level values sit at the iteration that ends their epoch, once each
-    assert steps["val_usage"] == [2, 4, 6, 8] and steps["val_reconstructions"] == [2, 4, 6, 8]
+    assert steps["val/usage"] == [2, 4, 6, 8] and steps["val/reconstructions"] == [2, 4, 6, 8]
 
 
 def test_sigkill_while_model_final_is_written_then_resume_writes_only_the_final_model(tmp_path):
