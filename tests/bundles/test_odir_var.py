@@ -265,6 +265,17 @@ def test_stage2_on_the_fly_tokenization_matches_the_precomputed_tokens(trained):
     assert x_tok.shape == (4, 85 - 1, 4)
 
 
+def test_both_stages_pass_monai_train_property_checks(trained):
+    out, _, _ = trained
+    for configs, run in (([STAGE1, QUICKSTART], STAGE1_RUN), ([STAGE1, STAGE2, QUICKSTART], STAGE2_RUN)):
+        workflow = ConfigWorkflow(config_file=configs, workflow_type="train", run_id="training",
+                                  meta_file=str(CONFIGS / "metadata.json"), logging_file=False, output_dir=str(out),
+                                  resume_from="latest", **TINY, **run)  # the finished stages, left as they are
+        workflow.initialize()
+        assert workflow.check_properties() in (None, []), configs
+        assert workflow.parser.get_parsed_content("train#trainer").state.run_finished
+
+
 def test_a_finished_generator_stage_is_never_trained_over(trained):
     out, _, _ = trained
     with pytest.raises(Exception) as info:

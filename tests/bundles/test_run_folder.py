@@ -279,3 +279,15 @@ def test_a_file_size_limit_while_checkpointing_says_so(tmp_path):
     assert re.search(r"checkpoint_2\.pt hit the file-size limit while being written to .*checkpoints", done.stderr), \
         done.stderr[-3000:]
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith("tmp")]
+
+
+def test_publishing_never_replaces_an_existing_models_file(tmp_path):
+    bundle = tmp_path / "bundle"
+    (bundle / "models").mkdir(parents=True)
+    (bundle / "models" / "model.pt").write_bytes(b"someone's weights")
+    with pytest.raises(Exception) as info:
+        _workflow(tmp_path / "run", bundle_root=str(bundle), publish_model=True)
+    error = _root_cause(info.value)
+    assert isinstance(error, FileExistsError) and str(bundle / "models" / "model.pt") in str(error)
+    assert (bundle / "models" / "model.pt").read_bytes() == b"someone's weights"
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
