@@ -1,4 +1,6 @@
-"""Datalist builders: ODIR-5K (per-eye labels, unusable images reported, split by patient), synthetic fundus images.
+"""Datalist builders: ODIR-5K (per-eye labels, unusable images reported, split by patient), images of any modality
+from a folder or a Decathlon-style datalist (PNG / JPEG, DICOM files and series, NIfTI; 2D slices or 3D volumes,
+split by group), synthetic fundus images.
 
 Items are MONAI datalist dicts, ``{"image": path, ...}``, ready for ``monai.data.Dataset`` and the transforms of
 :mod:`medvq.transforms`; :func:`write_datalist_json` saves them for ``monai.data.load_decathlon_datalist``.
@@ -7,6 +9,7 @@ Items are MONAI datalist dicts, ``{"image": path, ...}``, ready for ``monai.data
 from __future__ import annotations
 
 from medvq.data.folders import build_folder_datalist
+from medvq.data.images import FOREGROUND_LEVEL, GROUP_BY, MIN_SLICE_FOREGROUND, ImageDatalist, build_image_datalist
 from medvq.data.odir import (
     CLASS_NAMES,
     CLASSES,
@@ -27,11 +30,16 @@ from medvq.data.tokens import tokenize_datalist
 __all__ = [
     "CLASSES",
     "CLASS_NAMES",
+    "FOREGROUND_LEVEL",
+    "GROUP_BY",
+    "MIN_SLICE_FOREGROUND",
     "UNUSABLE_KEYWORDS",
     "DatalistSplit",
+    "ImageDatalist",
     "OdirDatalist",
     "OdirLayout",
     "build_folder_datalist",
+    "build_image_datalist",
     "build_odir_datalist",
     "detect_odir_layout",
     "keywords_to_label",

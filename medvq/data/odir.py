@@ -545,12 +545,13 @@ def split_datalist(
     )
 
 
-def _write_skipped(path: Path, skipped: Sequence[dict[str, Any]]) -> None:
+def write_skipped_csv(path: Path, skipped: Sequence[dict[str, Any]], fields: Sequence[str] = _SKIPPED_FIELDS) -> None:
+    """``skipped_images.csv``: one row per skipped image with ``fields`` (written even when nothing was skipped)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=_SKIPPED_FIELDS)
+        writer = csv.DictWriter(f, fieldnames=list(fields))
         writer.writeheader()
-        writer.writerows({k: s.get(k, "") for k in _SKIPPED_FIELDS} for s in skipped)
+        writer.writerows({k: s.get(k, "") for k in fields} for s in skipped)
 
 
 def build_odir_datalist(
@@ -651,7 +652,7 @@ def build_odir_datalist(
         if e["reason"] is not None
     ]
     if output_dir is not None:
-        _write_skipped(Path(output_dir) / _SKIPPED_CSV, skipped)
+        write_skipped_csv(Path(output_dir) / _SKIPPED_CSV, skipped)
     if skipped:
         reasons = Counter(s["reason"].split(":")[0] for s in skipped)
         where = (

@@ -1,4 +1,6 @@
-"""MONAI dictionary transforms for fundus photographs: border crop, square pad, circular mask, full pipeline."""
+"""MONAI dictionary transforms: fundus photographs (border crop, square pad, circular mask, full pipeline) and images
+of any modality (readers for PNG / JPEG, DICOM files and series, NIfTI; CT / MR / X-ray / RGB intensity to [-1, 1]
+and back)."""
 
 from __future__ import annotations
 
@@ -11,13 +13,47 @@ from medvq.transforms.fundus import (
     fundus_preprocessing,
     make_dataset,
 )
+from medvq.transforms.modality import (
+    CT_WINDOW,
+    MODALITIES,
+    MR_PERCENTILES,
+    PHOTO_RANGE,
+    MatchChannelsd,
+    ScaleIntensityToUnitd,
+    SelectSliced,
+    image_preprocessing,
+    preprocessing_record,
+    to_input_units,
+)
+from medvq.transforms.readers import (
+    IMAGE_SUFFIXES,
+    DicomSeriesReader,
+    LoadMedicalImaged,
+    MedicalImageReader,
+    image_kind,
+)
 
 __all__ = [
+    "CT_WINDOW",
     "FOREGROUND_THRESHOLD",
+    "IMAGE_SUFFIXES",
+    "MODALITIES",
+    "MR_PERCENTILES",
+    "PHOTO_RANGE",
     "CircularMaskd",
+    "DicomSeriesReader",
     "ForegroundAbove",
     "FundusBorderCropd",
+    "LoadMedicalImaged",
+    "MatchChannelsd",
+    "MedicalImageReader",
+    "ScaleIntensityToUnitd",
+    "SelectSliced",
     "SquarePadd",
     "fundus_preprocessing",
+    "image_kind",
+    "image_preprocessing",
     "make_dataset",
+    "preprocessing_record",
+    "to_input_units",
 ]
