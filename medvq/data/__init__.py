@@ -9,7 +9,14 @@ Items are MONAI datalist dicts, ``{"image": path, ...}``, ready for ``monai.data
 from __future__ import annotations
 
 from medvq.data.folders import build_folder_datalist
-from medvq.data.images import FOREGROUND_LEVEL, GROUP_BY, MIN_SLICE_FOREGROUND, ImageDatalist, build_image_datalist
+from medvq.data.images import (
+    FOREGROUND_LEVEL,
+    GROUP_BY,
+    MIN_SLICE_FOREGROUND,
+    ImageDatalist,
+    build_image_datalist,
+    median_spacing,
+)
 from medvq.data.odir import (
     CLASS_NAMES,
     CLASSES,
@@ -23,13 +30,24 @@ from medvq.data.odir import (
     split_datalist,
     write_datalist_json,
 )
-from medvq.data.sources import tokenizer_datalists
+from medvq.data.sources import DATA_FORMATS, tokenizer_datalists
 from medvq.data.synthetic import make_fundus_dataset
 from medvq.data.tokens import tokenize_datalist
+
+
+def __getattr__(name: str):
+    # imported on first use, so `python -m medvq.data.examples` does not find its module already imported
+    if name == "make_example_dataset":
+        from medvq.data.examples import make_example_dataset
+
+        return make_example_dataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CLASSES",
     "CLASS_NAMES",
+    "DATA_FORMATS",
     "FOREGROUND_LEVEL",
     "GROUP_BY",
     "MIN_SLICE_FOREGROUND",
@@ -43,7 +61,9 @@ __all__ = [
     "build_odir_datalist",
     "detect_odir_layout",
     "keywords_to_label",
+    "make_example_dataset",
     "make_fundus_dataset",
+    "median_spacing",
     "split_datalist",
     "tokenize_datalist",
     "tokenizer_datalists",

@@ -12,6 +12,7 @@ slices dropped; with ``spatial_dims=3`` 2-D images are skipped. Items are MONAI 
 - ``label``: class index (with ``labels``: from a datalist's ``label`` field, or for a folder the folder holding
   the image file, or holding the series folder; class names sorted, then numbered);
 - ``slice_index``, ``slice_axis``: for the slices of a volume (axis in RAS: 0 sagittal, 1 coronal, 2 axial);
+- ``spacing``: for volumes (``spatial_dims=3``), the voxel sizes in mm along the RAS axes, as loaded;
 - a datalist entry's other fields, unchanged.
 
 Rules (each skipped file is in :attr:`ImageDatalist.skipped` with its reason, counted by reason in a log warning
@@ -62,7 +63,9 @@ from monai.transforms import Orientation
 from medvq.data.odir import split_datalist, write_datalist_json, write_skipped_csv
 from medvq.transforms.readers import DICOM_SUFFIXES, IMAGE_SUFFIXES, LoadMedicalImaged, image_kind, slice_position
 
-__all__ = ["FOREGROUND_LEVEL", "GROUP_BY", "MIN_SLICE_FOREGROUND", "ImageDatalist", "build_image_datalist"]
+__all__ = [
+    "FOREGROUND_LEVEL", "GROUP_BY", "MIN_SLICE_FOREGROUND", "ImageDatalist", "build_image_datalist", "median_spacing",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +112,7 @@ class _Probe(NamedTuple):
     dropped: list[int]
     patient_id: str | None
     ct_without_rescale: bool
+    spacing: list[float] | None = None  # voxel sizes in mm along the RAS axes (volumes, spatial_dims=3)
 
 
 def _check_fraction(value: Any, name: str, upper_open: bool = False) -> float:
@@ -214,9 +218,14 @@ def _read_datalist(path: Path) -> tuple[list[dict], list[dict], bool]:
     has_val = isinstance(content.get("validation"), list) and len(content["validation"]) > 0
     val = load_decathlon_datalist(path, is_segmentation=False, data_list_key="validation") if has_val else []
     for key, items in (("training", train), ("validation", val)):
+        raw = content.get(key) or []
         for i, item in enumerate(items):
             if "image" not in item:
                 raise ValueError(f"datalist '{path}': {key} item {i} has no 'image': {item!r}.")
+            # MONAI's loader turns every string field that names an existing relative path into an absolute path:
+            # a class name "ct" beside a ct/ folder would come back as '/data/ct'; keep the label as written
+            if isinstance(raw[i], dict) and isinstance(raw[i].get("label"), str):
+                item["label"] = raw[i]["label"]
     return train, val, has_val
 
 
@@ -293,7 +302,8 @@ def _probe(
             return f"2-D image: shape {spatial} (one slice); spatial_dims=3 needs volumes"
         return _Probe(channels, [0], flat_axes[0], [], patient, no_rescale)
     if spatial_dims == 3:
-        return _Probe(channels, None, None, [], patient, no_rescale)
+        spacing = [round(float(v), 6) for v in ras.pixdim]
+        return _Probe(channels, None, None, [], patient, no_rescale, spacing)
     fractions = _foreground_fractions(ras, slice_axis, level)
     kept = [int(i) for i in np.flatnonzero(fractions >= min_fraction)]
     dropped = [int(i) for i in np.flatnonzero(fractions < min_fraction)]
@@ -314,8 +324,9 @@ def _relative(path: Path, root: Path | None) -> str:
     return str(path)
 
 
-def _labels(items: list[dict], from_datalist: bool, root: Path | None) -> list[str] | None:
-    """Set each item's ``label`` to a class index (in place); return the class names, or None without labels."""
+def _labels(items: list[dict], from_datalist: bool, root: Path | None, names: Any = None) -> list[str] | None:
+    """Set each item's ``label`` to a class index (in place); return the class names, or None without labels.
+    ``names``: a datalist's ``"labels"`` mapping (``{"0": "ct", ...}``), naming integer labels."""
     if from_datalist:
         values = [item.get("label") for item in items]
         if all(v is None for v in values):
@@ -335,7 +346,10 @@ def _labels(items: list[dict], from_datalist: bool, root: Path | None) -> list[s
                 item["label"] = names.index(item["label"])
             return names
         if all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
-            return [str(i) for i in range(max(values) + 1)]
+            count = max(values) + 1
+            if isinstance(names, dict) and all(str(i) in names for i in range(count)):
+                return [str(names[str(i)]) for i in range(count)]  # the datalist's own "labels": {"0": name, ...}
+            return [str(i) for i in range(count)]
         raise ValueError(
             "datalist 'label' fields must be all class names (strings) or all class indices (integers >= 0); "
             f"got {sorted({type(v).__name__ for v in values})}."
@@ -500,7 +514,11 @@ def build_image_datalist(
 
     # 4. labels, 5. groups
     items = [{k: v for k, v in e.items() if k != "_split"} for e, _ in usable]
-    class_names = _labels(items, from_datalist=datalist is not None and not dataset_dir, root=root) if labels else None
+    label_names = None
+    if datalist and not dataset_dir:
+        label_names = json.loads(Path(datalist).expanduser().read_text(encoding="utf-8")).get("labels")
+    class_names = (_labels(items, from_datalist=datalist is not None and not dataset_dir, root=root, names=label_names)
+                   if labels else None)
     for item, (_, probe) in zip(items, usable):
         path = Path(item["image"])
         folder = path if path.is_dir() else path.parent
@@ -529,7 +547,7 @@ def build_image_datalist(
     for item, (entry, probe) in zip(items, usable):
         target = val if entry["_split"] == "validation" else train
         if probe.slices is None:
-            target.append(item)
+            target.append(item if probe.spacing is None else dict(item, spacing=probe.spacing))
             continue
         target += [dict(item, slice_index=k, slice_axis=probe.slice_axis) for k in probe.slices]
         if probe.dropped:
@@ -551,6 +569,7 @@ def build_image_datalist(
         write_datalist_json(
             Path(output_dir) / "datalist.json", train, val, name="images",
             description=f"{source}, spatial_dims={spatial_dims}, channels={out_channels}", class_names=class_names,
+            channels=out_channels,
         )
     logger.info(
         "images: %s, %d train and %d val items from %d image(s); spatial_dims=%d, %d channel(s)%s",
@@ -558,3 +577,15 @@ def build_image_datalist(
         f", {len(class_names)} class(es)" if class_names else "",
     )
     return ImageDatalist(train, val, skipped, class_names, out_channels, spatial_dims, source, dropped_slices)
+
+
+def median_spacing(items: Any, pixdim: float | list[float] | None = None) -> list[float] | None:
+    """The voxel spacing (mm, RAS axes) generated volumes should carry: ``pixdim`` when the preprocessing resamples
+    to it, else the per-axis median of the items' ``spacing`` (:func:`build_image_datalist` records it for volumes);
+    None for 2-D data (no item has a spacing)."""
+    if pixdim is not None:
+        return [float(v) for v in ([pixdim] * 3 if isinstance(pixdim, (int, float)) else pixdim)]
+    spacings = [item["spacing"] for item in items if isinstance(item, dict) and item.get("spacing") is not None]
+    if not spacings:
+        return None
+    return [float(v) for v in np.median(np.asarray(spacings, dtype=np.float64), axis=0)]

@@ -182,10 +182,14 @@ class OdirDatalist(NamedTuple):
 
 
 class DatalistSplit(NamedTuple):
-    """Result of :func:`split_datalist`: ``train`` and ``val`` lists of datalist items."""
+    """Result of :func:`split_datalist` (and of :func:`medvq.data.tokenizer_datalists`): ``train`` and ``val`` lists
+    of datalist items; ``channels`` the images' channel count (what a tokenizer's ``in_channels`` must be) and
+    ``class_names`` the names of the labels in order (None without labels)."""
 
     train: list[dict[str, Any]]
     val: list[dict[str, Any]]
+    channels: int = 3
+    class_names: list[str] | None = None
 
 
 def _normalise_keyword(keyword: str) -> str:
@@ -685,6 +689,7 @@ def write_datalist_json(
     name: str = "",
     description: str = "",
     class_names: Sequence[str] | None = CLASSES,
+    channels: int | None = None,
 ) -> Path:
     """Write a MONAI (Medical Decathlon style) datalist JSON, read back by ``monai.data.load_decathlon_datalist``.
 
@@ -702,6 +707,8 @@ def write_datalist_json(
         description: free text stored in the file; default "".
         class_names: names of the label vector's entries, stored as ``"labels": {"0": ..., ...}``; default
             :data:`CLASSES`; ``None`` leaves the key out.
+        channels: the images' channel count, stored as ``"channels"`` (read back by the bundles under DDP);
+            default None leaves the key out.
 
     Returns:
         The path written.
@@ -716,6 +723,8 @@ def write_datalist_json(
     content: dict[str, Any] = {"name": name, "description": description}
     if class_names is not None:
         content["labels"] = {str(i): c for i, c in enumerate(class_names)}
+    if channels is not None:
+        content["channels"] = int(channels)
     content |= {
         "numTraining": len(training),
         "numValidation": len(validation),

@@ -15,7 +15,7 @@ Example (the odir_var quickstart, standard vs deferred, three seeds)::
         --seeds 0 1 2 --baseline standard
 
 An arm is ``NAME=PART+PART+...``; a part ending in ``.json`` is an overlay merged after ``--config``, any other part
-is ``key=value`` passed as ``--key value`` (e.g. ``deferred_frozen=configs/schedules/deferred.json+codebook_lr_scale=0``).
+is ``key=value`` passed as ``--key value`` (also when the value is a ``.json`` file: ``datalist=list.json``) (e.g. ``deferred_frozen=configs/schedules/deferred.json+codebook_lr_scale=0``).
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def parse_arm(text: str) -> Arm:
                          f"got {text!r}.")
     overlays, overrides = [], []
     for part in filter(None, rest.split("+")):
-        if part.endswith(".json"):
+        key = part.partition("=")[0]
+        if part.endswith(".json") and not ("=" in part and key.isidentifier()):  # datalist=a.json is an override
             if not Path(part).is_file():
                 raise ValueError(f"--arm {name}: overlay {part!r} does not exist.")
             overlays.append(part)

@@ -209,8 +209,11 @@ class CheckpointHandler:
         n_saved: how many periodic checkpoints to keep (>= 1). Default 2.
         final_key: key of ``save_dict`` whose weights are written to ``model_final.pt``; None skips it.
         publish_to: also write the final weights to this file (the bundles: ``<bundle_root>/models/model.pt``, where
-            the MONAI model zoo and the bundles' inference look), or None. An existing file there is never replaced:
-            that is an error when the handler is built, before any training.
+            the MONAI model zoo and the bundles' inference look), or None; the run's ``run_info.json`` (the folder
+            above ``save_dir``), when there is one, is copied beside it as ``<publish_to without suffix>.json``
+            (``models/model.json``: the preprocessing and channels inference reads back,
+            :func:`medvq.report.checkpoint_run_info`). An existing file at either place is never replaced: that is
+            an error when the handler is built, before any training.
     """
 
     def __init__(
@@ -227,11 +230,12 @@ class CheckpointHandler:
         if self.publish_to is not None:
             if final_key is None:
                 raise ValueError("publish_to needs final_key: the weights it publishes are model_final.pt's.")
-            if self.publish_to.exists():
-                raise FileExistsError(
-                    f"'{self.publish_to}' already exists and is never replaced: move it away (or pass "
-                    "--publish_model False) before training a model to publish there."
-                )
+            for existing in (self.publish_to, self.publish_to.with_suffix(".json")):
+                if existing.exists():
+                    raise FileExistsError(
+                        f"'{existing}' already exists and is never replaced: move it away (or pass "
+                        "--publish_model False) before training a model to publish there."
+                    )
         self.save_dir = Path(save_dir)
         self.save_dict = save_dict
         self.every_iterations = int(every_iterations)
@@ -296,6 +300,13 @@ class CheckpointHandler:
             published.write_bytes(target.read_bytes())
             published.replace(self.publish_to)
             logger.info("published the final weights to %s", self.publish_to)
+            run_info = self.save_dir.parent / "run_info.json"
+            if run_info.is_file():
+                record = self.publish_to.with_suffix(".json")
+                tmp_record = record.with_name(record.name + ".tmp")
+                tmp_record.write_bytes(run_info.read_bytes())
+                tmp_record.replace(record)
+                logger.info("published the run's settings to %s", record)
         return target
 
     def _complete(self, engine: Engine) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from monai.data import load_decathlon_datalist
 from torch import nn
 
-from medvq.data import build_folder_datalist
+from medvq.data import build_folder_datalist, build_image_datalist
 from medvq.utils.checkpoints import read_checkpoint
 
 __all__ = ["PIL_EXTENSIONS", "inference_datalist", "load_tokenizer_checkpoint"]
@@ -34,9 +34,13 @@ def _shorten(text: str, limit: int = 600) -> str:
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
+_SLICE_KEYS = ("slice_index", "slice_axis")
+
+
 def inference_datalist(
     input_dir: str | os.PathLike = "", input_datalist: str | os.PathLike = "", key: str = "validation",
-    keep_keys: Sequence[str] = (),
+    keep_keys: Sequence[str] = (), data_format: str = "odir", spatial_dims: int = 2, slice_axis: int = 2,
+    channels: int | None = None,
 ) -> list[dict[str, Any]]:
     """Datalist items ``{"image": absolute path}`` for inference, from a folder OR a datalist JSON (exactly one).
 
@@ -47,7 +51,13 @@ def inference_datalist(
             relative image paths are joined to the JSON's folder; default ``""`` (not used).
         key: list of ``input_datalist`` to read (``"training"``, ``"validation"``, ...); default ``"validation"``.
         keep_keys: datalist fields kept besides ``"image"`` (e.g. ``("label",)`` to generate with the real labels);
-            every item must have them. Default none.
+            every item must have them. Default none. A datalist item's ``slice_index`` / ``slice_axis`` (the 2-D
+            slices of volumes a training run listed) are always kept.
+        data_format: ``"odir"`` (default: a folder of photographs) or ``"images"``: a folder of images of any
+            modality, listed and checked as for training by :func:`medvq.data.build_image_datalist` (DICOM series
+            folders as one volume; with ``spatial_dims`` 2, volumes become their non-empty slices along
+            ``slice_axis``; unusable files skipped and counted in a log warning).
+        spatial_dims, slice_axis, channels: ``"images"`` folders only, as for training.
 
     Returns:
         Items holding ``"image"`` and ``keep_keys`` (other keys of a datalist are dropped: inference needs none, and
@@ -66,6 +76,10 @@ def inference_datalist(
     if input_dir:
         if keep_keys:
             raise ValueError(f"keep_keys {list(keep_keys)} needs an input_datalist: a folder of images has no fields.")
+        if data_format == "images":
+            result = build_image_datalist(dataset_dir=input_dir, spatial_dims=spatial_dims, slice_axis=slice_axis,
+                                          val_fraction=0.0, labels=False, channels=channels)
+            return [{"image": item["image"], **{k: item[k] for k in _SLICE_KEYS if k in item}} for item in result.train]
         return build_folder_datalist(input_dir, extensions=PIL_EXTENSIONS)
     path = Path(input_datalist).expanduser().absolute()
     if not path.is_file():
@@ -83,7 +97,9 @@ def inference_datalist(
         if missing:
             raise ValueError(f"item {i} ({item.get('image')}) of list '{key}' in '{path}' has no {missing}: every item "
                              "must have the fields the run needs (e.g. 'label' to generate with the real labels).")
-    return [{"image": str(item["image"]), **{k: item[k] for k in keep_keys}} for item in items]
+    return [
+        {"image": str(item["image"]), **{k: item[k] for k in (*keep_keys, *_SLICE_KEYS) if k in item}} for item in items
+    ]
 
 
 def load_tokenizer_checkpoint(

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_run_info", "read_run_info", "update_run_info"]
+__all__ = ["checkpoint_run_info", "read_run_info", "update_run_info", "write_run_info"]
 
 
 def write_run_info(output_dir: str | Path, engine: Any = None, **info: Any) -> Path:
@@ -43,3 +43,20 @@ def read_run_info(output_dir: str | Path) -> dict[str, Any]:
     """The ``run_info.json`` of a run, or ``{}`` for runs trained before it existed."""
     path = Path(output_dir) / "run_info.json"
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def checkpoint_run_info(checkpoint: str | Path) -> dict[str, Any]:
+    """The ``run_info.json`` of the run that trained ``checkpoint``, or ``{}`` when none is found.
+
+    Looked up, in order: ``<checkpoint without suffix>.json`` beside it (what ``--publish_model True`` writes next to
+    ``models/model.pt``: ``models/model.json``), then ``<run>/run_info.json`` for a checkpoint in ``<run>/checkpoints/``.
+    Inference and sampling read the preprocessing (``"preprocessing"``: modality, intensity window, sizes) and the
+    image ``"channels"`` from it, so their outputs map back to the training data's units.
+    """
+    path = Path(checkpoint)
+    beside = path.with_suffix(".json")
+    if beside.is_file():
+        return json.loads(beside.read_text())
+    if path.parent.name == "checkpoints":
+        return read_run_info(path.parent.parent)
+    return {}

@@ -25,6 +25,7 @@ from medvq.transforms.modality import (
     preprocessing_record,
     to_input_units,
 )
+from medvq.transforms.pipelines import TOKENIZER_MODALITIES, preprocessing_settings, tokenizer_preprocessing
 from medvq.transforms.readers import (
     IMAGE_SUFFIXES,
     DicomSeriesReader,
@@ -40,6 +41,7 @@ __all__ = [
     "MODALITIES",
     "MR_PERCENTILES",
     "PHOTO_RANGE",
+    "TOKENIZER_MODALITIES",
     "CircularMaskd",
     "DicomSeriesReader",
     "ForegroundAbove",
@@ -55,5 +57,7 @@ __all__ = [
     "image_preprocessing",
     "make_dataset",
     "preprocessing_record",
+    "preprocessing_settings",
     "to_input_units",
+    "tokenizer_preprocessing",
 ]

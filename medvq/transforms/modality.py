@@ -172,7 +172,8 @@ class SelectSliced(MapTransform):
     The volume is first turned to RAS (MONAI ``Orientation``), so ``slice_axis`` 0, 1, 2 are sagittal, coronal
     and axial whatever the file's storage order, as :func:`medvq.data.build_image_datalist` counted them; the
     slice is MONAI's ``SpatialCrop`` + ``SqueezeDim`` (the affine follows). Items without ``slice_index`` pass
-    unchanged. Own transform because the index is per item, not a constructor argument.
+    unchanged (as do those with ``slice_index`` -1). Own transform because the index is per item, not a constructor
+    argument.
 
     Args:
         keys: image keys.
@@ -197,7 +198,7 @@ class SelectSliced(MapTransform):
 
     def __call__(self, data: dict) -> dict:
         d = dict(data)
-        if d.get(self.index_key) is None:
+        if d.get(self.index_key) is None or int(d[self.index_key]) < 0:  # -1: not a slice
             return d
         index, axis = int(d[self.index_key]), int(d.get(self.axis_key, 2))
         for key in self.key_iterator(d):
@@ -216,6 +217,20 @@ class SelectSliced(MapTransform):
             roi = [slice(None)] * 3
             roi[axis] = slice(index, index + 1)
             d[key] = SqueezeDim(dim=1 + axis)(SpatialCrop(roi_slices=roi)(img))  # (C, *2 of X, Y, Z)
+        return d
+
+
+class _SliceKeysd:
+    """Give every item ``slice_index`` and ``slice_axis`` (-1 for an image that is not a slice) and drop ``group``,
+    so one batch can hold 2-D images and slices of volumes. Own transform: MONAI has none that sets default keys,
+    and a ``Lambda`` would not pickle (``PersistentDataset`` hashes its transforms by pickling them)."""
+
+    keys = ("slice_index", "slice_axis")
+
+    def __call__(self, data: dict) -> dict:
+        d = {k: v for k, v in data.items() if k != "group"}
+        for key in self.keys:
+            d[key] = -1 if d.get(key) is None else int(d[key])
         return d
 
 
@@ -413,7 +428,8 @@ def image_preprocessing(
     ``RandSpatialCropd`` (a random position); 2D: 4. :class:`ScaleIntensityToUnitd` (before slicing: MR
     percentiles are the volume's); 5. :class:`SelectSliced`; 6. ``Resized`` (longest side to ``image_size``,
     bilinear, anti-aliased); 7. ``ResizeWithPadOrCropd`` to a square, padding -1 (the bottom of the range: air
-    for CT, black for photographs); then the metadata keys every format has (so a batch mixes formats), [train: ``RandFlipd`` with ``flip_prob``, left-right: RAS axis 0 in 3D, the columns in 2D],
+    for CT, black for photographs); then the metadata keys every format has, ``slice_index`` / ``slice_axis`` on every item (-1:
+    not a slice) and no ``group`` (so a batch mixes formats), [train: ``RandFlipd`` with ``flip_prob``, left-right: RAS axis 0 in 3D, the columns in 2D],
     ``EnsureTyped`` (label: long, if present).
 
     Args:
@@ -475,6 +491,10 @@ def image_preprocessing(
             ResizeWithPadOrCropd(keys, spatial_size=(size, size), mode="constant", value=-1.0),
         ]
     transforms.append(_CommonMetad(keys, spatial_dims))
+    # the datalist's bookkeeping keys, present on some items only (slices of volumes beside 2-D images), would make
+    # the batch collation fail: every item gets slice_index / slice_axis (-1: not a slice; kept so outputs can name
+    # the slice they come from), and the split unit is dropped
+    transforms.append(_SliceKeysd())
     if label_key is not None:
         transforms.append(EnsureTyped(label_key, dtype=torch.long, track_meta=False, allow_missing_keys=True))
     if train and flip_prob > 0:

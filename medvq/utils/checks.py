@@ -126,6 +126,45 @@ def _string(nonempty: bool = False, what: str = "a path") -> Rule:
     return rule
 
 
+def _one_of(values: Sequence[Any], meaning: str) -> Rule:
+    def rule(name: str, value: Any) -> str | None:
+        if not isinstance(value, bool) and value in values:
+            return None
+        return f"--{name} must be one of {', '.join(map(str, values))} ({meaning}), got {value!r}"
+
+    return rule
+
+
+def _roi_size(name: str, value: Any) -> str | None:
+    values = [value] if _is_int(value) else value
+    if isinstance(values, (list, tuple)) and len(values) in (1, 3) and all(_is_int(v) and v >= 8 for v in values):
+        return None
+    return f"--{name} must be an integer >= 8 or 3 of them (the 3D crop, voxels), got {value!r}"
+
+
+def _pixdim(name: str, value: Any) -> str | None:
+    values = [value] if _is_number(value) else value
+    if value is None or (isinstance(values, (list, tuple)) and len(values) in (1, 3)
+                         and all(_is_number(v) and v > 0 for v in values)):
+        return None
+    return (f"--{name} must be null (keep the source spacing; None on the command line), a spacing > 0 in mm or 3 of "
+            f"them, got {value!r}")
+
+
+def _window(name: str, value: Any) -> str | None:
+    if value is None or (isinstance(value, (list, tuple)) and len(value) == 2
+                         and all(_is_number(v) for v in value) and value[0] < value[1]):
+        return None
+    return (f"--{name} must be null (the modality's default; None on the command line) or [low, high] in input units "
+            f"with low < high (e.g. \"[-160, 240]\" for a CT soft-tissue window), got {value!r}")
+
+
+def _modalities() -> Sequence[str]:
+    from medvq.transforms.pipelines import TOKENIZER_MODALITIES
+
+    return TOKENIZER_MODALITIES
+
+
 def _quantize_start(name: str, value: Any) -> str | None:
     if value is None or value == "auto" or (_is_int(value) and value >= 0):
         return None
@@ -154,6 +193,16 @@ def _var_presets() -> Sequence[str]:
 _RULES: dict[str, Rule] = {
     # data and run
     "dataset_dir": _string(),
+    "datalist": _string(what="a datalist JSON file"),
+    "data_format": _choice(("odir", "images")),
+    "modality": _choice(_modalities, "a modality"),
+    "spatial_dims": _one_of((2, 3), "2D images or slices, 3D volumes"),
+    "slice_axis": _one_of((0, 1, 2), "the RAS axis volumes are sliced along: 0 sagittal, 1 coronal, 2 axial"),
+    "roi_size": _roi_size,
+    "pixdim": _pixdim,
+    "window": _window,
+    "channels": _optional(_one_of((1, 3), "grayscale or RGB"), "follow the data"),
+    "group_by": _choice(("folder", "patient_id", "file")),
     "output_dir": _string(nonempty=True),
     "seed": _integer(0),
     "schedule": _string(nonempty=True, what="the name recorded with the run"),
@@ -256,6 +305,8 @@ def _build_tokenizer(preset: str, knobs: dict[str, Any], multiscale: bool) -> tu
         names.update(scales="scales", phi_shared="phi_shared", commitment="commitment",
                      dead_code_threshold="dead_code_threshold", ema_decay="decay")
     arguments = {arg: knobs[knob] for knob, arg in names.items() if knob in knobs}
+    if knobs.get("spatial_dims") in (2, 3):
+        arguments["spatial_dims"] = knobs["spatial_dims"]
     builder = getattr(networks, preset) if multiscale else networks.PRESETS[preset]
     try:
         with torch.device("meta"):
@@ -298,7 +349,21 @@ def _tokenizer_problems(good: dict[str, Any]) -> tuple[list[str], Any]:
         return [], None
     net, problem = _build_tokenizer(preset, good, multiscale)
     problems = [problem] if problem else []
-    if net is not None and "image_size" in good:
+    if net is not None and good.get("spatial_dims") == 3 and "roi_size" in good:
+        roi = good["roi_size"]
+        factor = int(net.downsample_factor)
+        bad = [s for s in ([roi] if _is_int(roi) else roi) if s % factor]
+        if bad:
+            problems.append(f"--roi_size {roi} is not a multiple of {preset}'s downsampling factor {factor} on every "
+                            f"axis (the latent grid is roi_size / {factor}): use multiples of {factor}, e.g. "
+                            f"--roi_size {max(factor, bad[0] // factor * factor)}")
+        elif multiscale:
+            grid = tuple(s // factor for s in ([roi] * 3 if _is_int(roi) else list(roi) * (3 // len(roi))))
+            if tuple(net.scales[-1]) != grid:
+                problems.append(f"--roi_size {roi} does not fit {preset} with --scales ending at "
+                                f"{list(net.scales[-1])}: the last scale must be the latent grid, roi_size / {factor} "
+                                f"= {list(grid)}; end --scales at {grid[0] if len(set(grid)) == 1 else list(grid)}")
+    elif net is not None and "image_size" in good:
         geometry = _geometry_problem(net, preset, good["image_size"], multiscale)
         if geometry:
             problems.append(geometry)
@@ -332,6 +397,25 @@ def _switch_problem(knobs: dict[str, Any], total: int, unit: str, length: str) -
 
 
 # ------------------------------------------------------------------------------------------------ public checks
+def _data_problems(good: dict[str, Any]) -> list[str]:
+    """The data knobs against each other: fundus photographs are 2D RGB; ODIR-5K holds fundus photographs."""
+    problems = []
+    modality, dims = good.get("modality"), good.get("spatial_dims")
+    if modality == "fundus" and dims == 3:
+        problems.append("--modality fundus is 2D photographs, but --spatial_dims is 3: pick --modality ct, mr, xray "
+                        "or rgb for volumes")
+    if modality == "fundus" and good.get("channels") == 1:
+        problems.append("--modality fundus is RGB, but --channels is 1: leave --channels None or pick another "
+                        "--modality")
+    if good.get("data_format") == "odir" and modality not in (None, "fundus"):
+        problems.append(f"--data_format odir reads ODIR-5K fundus photographs, but --modality is {modality!r}: use "
+                        "--modality fundus, or --data_format images for other images")
+    if good.get("data_format") == "odir" and dims == 3:
+        problems.append("--data_format odir is 2D fundus photographs, but --spatial_dims is 3: use --data_format "
+                        "images for volumes")
+    return problems
+
+
 def check_tokenizer_settings(**knobs: Any) -> None:
     """Check a tokenizer bundle's knobs before any data is read (odir_vq, odir_var stage 1, their evaluate/inference).
 
@@ -345,6 +429,9 @@ def check_tokenizer_settings(**knobs: Any) -> None:
     - ``quantize_start`` in epochs below ``num_epochs`` (the switch fires at the end of epoch ``quantize_start``),
       ``auto_switch_min`` (and ``auto_switch_max``) below ``num_epochs`` for ``'auto'``, ``auto_switch_max >=
       auto_switch_min``; the iterations unit is checked by :func:`check_training_data`, which knows the epoch length;
+    - 3D (``spatial_dims`` 3): ``roi_size`` a multiple of the downsampling factor on every axis;
+    - the data knobs: ``modality`` fundus only with ``spatial_dims`` 2 and RGB; ``data_format`` odir only with
+      fundus photographs;
     - ``l1_weight + l2_weight + perceptual_weight > 0``, and ``perceptual_weights`` an existing file when
       ``perceptual_weight > 0``.
 
@@ -355,6 +442,7 @@ def check_tokenizer_settings(**knobs: Any) -> None:
     problems, good = _apply_rules(knobs)
     more, _ = _tokenizer_problems(good)
     problems += more
+    problems += _data_problems(good)
 
     def valid(*names: str) -> bool:  # given and passed its rule
         return all(name in good for name in names)
@@ -447,6 +535,8 @@ def check_training_data(
     tokenizer_preset: str | None = None,
     image_size: int | None = None,
     scales: Sequence[Any] | None = None,
+    spatial_dims: int = 2,
+    roi_size: int | Sequence[int] | None = None,
 ) -> int:
     """Check the datalists against the batch size and the schedule, before any dataset or model is built.
 
@@ -463,6 +553,7 @@ def check_training_data(
             collects (``quantize_num_samples``, from one pass over the training images) must be at least
             ``num_embeddings``.
         network_preset, tokenizer_preset, image_size, scales: the tokenizer, for its latents per image.
+        spatial_dims, roi_size: 3D volumes: the latents per volume come from ``roi_size``, not ``image_size``.
 
     Under DDP (``torchrun``; MONAI's ``DistributedSampler`` pads the training split to a multiple of the processes)
     each process trains on ``ceil(n / processes)`` images, so the counts are per process.
@@ -508,11 +599,14 @@ def check_training_data(
             problems.append(problem)
     preset = tokenizer_preset or network_preset
     if iterations and quantize_start is not None and num_embeddings and preset and image_size:
-        net, _ = _build_tokenizer(preset, {"scales": scales} if tokenizer_preset and scales else {},
-                                  multiscale=tokenizer_preset is not None)
+        knobs = {"spatial_dims": spatial_dims, **({"scales": scales} if tokenizer_preset and scales else {})}
+        net, _ = _build_tokenizer(preset, knobs, multiscale=tokenizer_preset is not None)
         if net is not None:
             if tokenizer_preset is not None:
                 per_image = sum(net.quantizer.scale_lengths)  # the switch collects the residual pyramid
+            elif spatial_dims == 3 and roi_size is not None:
+                roi = [roi_size] * 3 if isinstance(roi_size, int) else list(roi_size) * (3 if len(roi_size) == 1 else 1)
+                per_image = math.prod(s // net.downsample_factor for s in roi)
             else:
                 per_image = (image_size // net.downsample_factor) ** 2
             images = iterations * batch_size * processes

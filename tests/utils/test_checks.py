@@ -66,6 +66,15 @@ def test_all_problems_are_reported_at_once():
     ("scales", "1,2,4", "--scales must be a non-empty list"),
     ("condition_dropout", 1.5, "--condition_dropout must be a number in [0, 1], got 1.5"),
     ("output_dir", "", "--output_dir must be a non-empty string"),
+    ("modality", "", "--modality '' is not a modality; choose one of: fundus, ct, mr, xray, rgb"),
+    ("data_format", "dicom", "--data_format 'dicom' is not a valid value; choose one of: odir, images"),
+    ("spatial_dims", 4, "--spatial_dims must be one of 2, 3 (2D images or slices, 3D volumes), got 4"),
+    ("slice_axis", 3, "--slice_axis must be one of 0, 1, 2"),
+    ("roi_size", 4, "--roi_size must be an integer >= 8 or 3 of them (the 3D crop, voxels), got 4"),
+    ("pixdim", 0, "--pixdim must be null (keep the source spacing"),
+    ("window", [240, -160], "--window must be null (the modality's default"),
+    ("channels", 2, "--channels must be one of 1, 3 (grayscale or RGB) or null (follow the data"),
+    ("group_by", "patient", "--group_by 'patient' is not a valid value; choose one of: folder, patient_id, file"),
 ])
 def test_each_rule_names_the_knob_the_rule_and_the_value(knob, value, expected):
     (problem,) = _problems(check_generator_settings if knob == "condition_dropout" else check_tokenizer_settings,
@@ -235,3 +244,20 @@ def test_one_pass_must_hold_enough_latents_for_the_codebook():
     (problem,) = _problems(check_training_data, _split(8), batch_size=8, quantize_start=1, num_embeddings=256,
                            tokenizer_preset="msvqgan_tiny", image_size=16, scales=[1, 2, 4])
     assert "only 168 latents" in problem
+
+
+def test_data_knobs_against_each_other_and_the_3d_geometry():
+    problems = _problems(check_tokenizer_settings, modality="fundus", spatial_dims=3, data_format="odir",
+                         network_preset="vqgan_tiny", roi_size=30)
+    assert any("--modality fundus is 2D photographs, but --spatial_dims is 3" in p for p in problems)
+    assert any("--data_format odir is 2D fundus photographs, but --spatial_dims is 3" in p for p in problems)
+    assert any("--roi_size 30 is not a multiple of vqgan_tiny's downsampling factor 4" in p for p in problems)
+    assert _problems(check_tokenizer_settings, data_format="odir", modality="ct") == [
+        ("--data_format odir reads ODIR-5K fundus photographs, but --modality is 'ct': use --modality fundus, or "
+         "--data_format images for other images")]
+    # multi-scale in 3D: the last scale is the latent grid of the crop, built with 3-D scales
+    (problem,) = _problems(check_generator_settings, spatial_dims=3, roi_size=32, tokenizer_preset="msvqgan_tiny",
+                           scales=[1, 2, 4, 16], image_size=256)
+    assert "roi_size / 4 = [8, 8, 8]; end --scales at 8" in problem
+    check_generator_settings(spatial_dims=3, roi_size=32, tokenizer_preset="msvqgan_tiny", scales=[1, 2, 4, 8],
+                             image_size=256, generator_preset="var_tiny", num_embeddings=32, embedding_dim=4)
