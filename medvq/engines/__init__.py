@@ -4,7 +4,7 @@ from medvq.engines.generator_evaluator import GeneratorEvalKeys, GeneratorEvalua
 from medvq.engines.param_groups import tokenizer_parameter_groups
 from medvq.engines.tokenizer_evaluator import TokenizerEvalKeys, TokenizerEvaluator
 from medvq.engines.tokenizer_trainer import TokenizerKeys, TokenizerTrainer
-from medvq.engines.var_batch import VARPrepareBatch
+from medvq.engines.var_batch import VARPrepareBatch, condition_matrix
 from medvq.utils.distributed import unwrap_model  # re-exported: engines' users unwrap DDP models too
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "TokenizerKeys",
     "TokenizerTrainer",
     "VARPrepareBatch",
+    "condition_matrix",
     "tokenizer_parameter_groups",
     "unwrap_model",
 ]

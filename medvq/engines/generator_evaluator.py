@@ -26,6 +26,7 @@ from monai.engines.utils import default_prepare_batch
 from monai.utils.enums import StrEnum
 from torch import nn
 
+from medvq.engines.var_batch import condition_matrix
 from medvq.networks.var_sampling import sample_var
 from medvq.utils.distributed import rank, unwrap_model
 
@@ -47,7 +48,8 @@ class GeneratorEvaluator(Evaluator):
 
     Args:
         device: evaluation device.
-        val_data_loader: batches of real images (``image_key``) and conditions (``condition_key``, ``(B, C)``).
+        val_data_loader: batches of real images (``image_key``) and conditions (``condition_key``, ``(B, C)``, or
+            ``(B,)`` class indices, one-hot encoded to the generator's ``num_conditions``).
         generator: the :class:`~medvq.networks.VARTransformer` (possibly DDP-wrapped).
         tokenizer: the :class:`~medvq.networks.MultiScaleVQGANTokenizer` it was trained on.
         image_key: key of the real images. Default ``"image"``.
@@ -111,8 +113,10 @@ class GeneratorEvaluator(Evaluator):
         device = engine.state.device
         images = batchdata[engine.image_key]
         images = (images.as_tensor() if hasattr(images, "as_tensor") else images).to(device).float()
-        condition = torch.as_tensor(batchdata[engine.condition_key]).to(device).float()
         var, tokenizer = unwrap_model(engine.generator), unwrap_model(engine.tokenizer)
+        # (B, C) vectors, or (B,) class indices one-hot encoded for the generator's conditions
+        condition = condition_matrix(torch.as_tensor(batchdata[engine.condition_key]),
+                                     getattr(var, "num_conditions", None), engine.condition_key).to(device).float()
         modes = (var.training, tokenizer.training)
         var.eval()
         tokenizer.eval()

@@ -28,7 +28,35 @@ from torch import nn
 
 from medvq.utils.distributed import unwrap_model
 
-__all__ = ["VARPrepareBatch"]
+__all__ = ["VARPrepareBatch", "condition_matrix"]
+
+
+def condition_matrix(condition: Any, num_conditions: int | None, key: str = "label") -> torch.Tensor:
+    """A batch's conditions as the ``(B, C)`` float matrix the generator takes.
+
+    ``(B, C)`` vectors (ODIR's multi-hot labels) pass as they are; with ``num_conditions``, ``(B,)`` class indices
+    (integers, or integral floats as :func:`medvq.data.tokenize_datalist` stores them) are one-hot encoded.
+
+    Raises:
+        ValueError: indices outside ``[0, num_conditions)`` or not integral, or another shape (the message names
+            ``key``).
+    """
+    if isinstance(condition, torch.Tensor) and condition.ndim == 1 and num_conditions is not None:
+        index = condition.long()
+        if not torch.equal(index.to(condition.dtype), condition) or index.min() < 0 or index.max() >= num_conditions:
+            raise ValueError(
+                f"class-index condition {key!r} must hold integers in [0, {num_conditions}) (num_conditions), got "
+                f"{condition.tolist()[:8]}."
+            )
+        return torch.nn.functional.one_hot(index, num_conditions).float()
+    if not isinstance(condition, torch.Tensor) or condition.ndim != 2:
+        raise ValueError(
+            f"condition {key!r} must be a (B, num_conditions) tensor{' or (B,) class indices' if num_conditions else ''}"
+            f", got {type(condition).__name__}{tuple(condition.shape) if isinstance(condition, torch.Tensor) else ''}"
+            " (a list of floats per item collates to a list of tensors: add EnsureTyped(keys='label') to the "
+            "transforms)."
+        )
+    return condition
 
 
 class VARPrepareBatch(PrepareBatch):
@@ -41,6 +69,10 @@ class VARPrepareBatch(PrepareBatch):
             Default ``"label"`` (the ODIR datalists' key).
         tokens_key: key of pre-computed ``(B, L)`` token sequences. Default ``"tokens"``.
         image_key: key of images to tokenize when a batch holds no ``tokens_key``. Default ``"image"``.
+        num_conditions: the generator's number of conditions C, for class-index labels: a ``(B,)`` integer (or
+            integral float) condition is one-hot encoded to ``(B, C)``; with ``num_conditions=1`` a batch without
+            ``condition_key`` is one class (an unconditional generator with a null embedding for guidance).
+            Default None: conditions must be ``(B, C)`` vectors (ODIR's multi-hot labels).
 
     Raises:
         TypeError: ``tokenizer`` is not multi-scale.
@@ -57,7 +89,11 @@ class VARPrepareBatch(PrepareBatch):
         condition_key: str = "label",
         tokens_key: str = "tokens",
         image_key: str = "image",
+        num_conditions: int | None = None,
     ) -> None:
+        if num_conditions is not None and (isinstance(num_conditions, bool) or not isinstance(num_conditions, int)
+                                           or num_conditions < 1):
+            raise ValueError(f"num_conditions must be None or an integer >= 1, got {num_conditions!r}.")
         inner = unwrap_model(tokenizer)
         if not hasattr(getattr(inner, "quantizer", None), "teacher_forcing_input"):
             raise TypeError(
@@ -74,6 +110,18 @@ class VARPrepareBatch(PrepareBatch):
         self.condition_key = condition_key
         self.tokens_key = tokens_key
         self.image_key = image_key
+        self.num_conditions = num_conditions
+
+    def _condition(self, batchdata: dict[str, Any]) -> torch.Tensor:
+        """The ``(B, C)`` float condition of a batch (module doc: vectors, class indices, or one class)."""
+        if self.condition_key not in batchdata:
+            if self.num_conditions == 1:
+                first = batchdata.get(self.tokens_key, batchdata.get(self.image_key))
+                if first is not None:
+                    return torch.ones(len(first), 1)
+            raise KeyError(f"the batch has no condition {self.condition_key!r} (condition_key); keys: "
+                           f"{sorted(batchdata)}.")
+        return condition_matrix(batchdata[self.condition_key], self.num_conditions, self.condition_key)
 
     @property
     def quantizer(self) -> nn.Module:
@@ -90,18 +138,7 @@ class VARPrepareBatch(PrepareBatch):
         self, batchdata: dict[str, Any], device: str | torch.device | None = None, non_blocking: bool = False,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor], dict]:
-        if self.condition_key not in batchdata:
-            raise KeyError(f"the batch has no condition {self.condition_key!r} (condition_key); keys: "
-                           f"{sorted(batchdata)}.")
-        condition = batchdata[self.condition_key]
-        if not isinstance(condition, torch.Tensor) or condition.ndim != 2:
-            raise ValueError(
-                f"condition {self.condition_key!r} must be a (B, num_conditions) tensor, got "
-                f"{type(condition).__name__}{tuple(condition.shape) if isinstance(condition, torch.Tensor) else ''}"
-                " (a list of floats per item collates to a list of tensors: add EnsureTyped(keys='label') to the "
-                "transforms)."
-            )
-        condition = condition.to(device=device, dtype=torch.float32, non_blocking=non_blocking)
+        condition = self._condition(batchdata).to(device=device, dtype=torch.float32, non_blocking=non_blocking)
         if self.tokens_key in batchdata:
             tokens = torch.as_tensor(batchdata[self.tokens_key]).to(device=device, non_blocking=non_blocking).long()
         elif self.image_key in batchdata:

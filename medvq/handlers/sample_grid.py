@@ -1,7 +1,8 @@
 """During generator training, sample a few images per condition and show them as a grid (TensorBoard + PNG).
 
 Loss curves of a next-scale generator say little about what it draws; a grid per epoch (one row per condition, same
-seeds every time) shows the samples sharpen and the diagnoses separate.
+seeds every time) shows the samples sharpen and the diagnoses separate. 3-D generators: each volume's tile is its
+axial, coronal and sagittal middle slices (:func:`medvq.generation.sample_views`, as the writer's ``grid.png``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ignite.engine import Engine, Events
 from PIL import Image
 from torch import nn
 
+import medvq.generation.writer as _writer  # a module, not its names: the writer imports medvq.handlers in turn
 from medvq.generation.conditions import condition_vectors
 from medvq.networks.var_sampling import sample_var
 from medvq.utils.distributed import unwrap_model
@@ -25,6 +27,10 @@ __all__ = ["SampleGridHandler"]
 
 class SampleGridHandler:
     """Every ``interval`` epochs: ``samples_per_condition`` images per condition, one grid row per condition.
+
+    2-D images are shown as they are, 3-D volumes as their three orthogonal middle slices
+    (:func:`~medvq.generation.sample_views`); RGB stays RGB, any other channel count shows its first channel in
+    grey.
 
     Args:
         generator: the :class:`~medvq.networks.VARTransformer` being trained (possibly DDP-wrapped).
@@ -76,7 +82,15 @@ class SampleGridHandler:
 
     @torch.no_grad()
     def grid(self, device: torch.device | str) -> np.ndarray:
-        """``(rows * H, samples_per_condition * W, 3)`` uint8 grid, one row per condition."""
+        """The grid of one row per condition, sampled on ``device``.
+
+        Args:
+            device: where the generator runs (the seeded sampling generator is created there).
+
+        Returns:
+            ``(rows * H, samples_per_condition * W, 3)`` uint8 RGB array (grey images as three equal channels);
+            volumes: ``(rows * S, samples_per_condition * 3 S, 3)``, S = the volume's largest side.
+        """
         var, tokenizer = unwrap_model(self.generator), unwrap_model(self.tokenizer)
         was_training = var.training
         rows = []
@@ -87,8 +101,7 @@ class SampleGridHandler:
                 condition = None if vector is None else vector.to(device)[None].expand(n, -1)
                 maps = sample_var(var, tokenizer.quantizer, condition, num_samples=n, generator=rng, **self.settings)
                 images = tokenizer.decode_indices(maps).float().clamp(-1, 1)  # (n, C, *spatial)
-                while images.ndim > 4:  # 3D: the middle slice of the last axis
-                    images = images[..., images.shape[-1] // 2]
+                images = _writer.sample_views(images)  # (n, C, H, W); volumes: (n, C, S, 3 S)
                 if images.shape[1] != 3:
                     images = images[:, :1].expand(-1, 3, -1, -1)
                 rows.append(torch.cat(list(images), dim=-1))  # (3, H, n * W)

@@ -8,7 +8,7 @@ import torch
 from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 
-from medvq.engines import VARPrepareBatch
+from medvq.engines import VARPrepareBatch, condition_matrix
 from medvq.handlers import GradientClipHandler
 from medvq.losses import NextScaleLoss
 from medvq.metrics import TokenAccuracy
@@ -53,6 +53,29 @@ def test_prepare_batch_from_images_equals_from_tokens_and_errors():
         prepare({"tokens": tokens[:, :20], "label": label})
     with pytest.raises(TypeError, match="multi-scale tokenizer"):
         VARPrepareBatch(vqgan_tiny())
+
+
+def test_class_index_conditions_are_one_hot_and_one_class_needs_no_label():
+    tokenizer = _tokenizer()
+    _, _, tokens = _data(tokenizer)
+    classes = torch.tensor([0, 2, 1, 2, 0, 1, 1, 0])
+    prepare = VARPrepareBatch(tokenizer, num_conditions=3)
+    _, _, (condition,), _ = prepare({"tokens": tokens, "label": classes})
+    assert torch.equal(condition, torch.eye(3)[classes])
+    # tokenize_datalist stores labels as float32: integral floats are class indices too
+    assert torch.equal(condition_matrix(classes.float(), 3), condition)
+    # (B, C) vectors pass as they are, whatever num_conditions says
+    assert torch.equal(condition_matrix(torch.eye(3)[classes], 3), torch.eye(3)[classes])
+    with pytest.raises(ValueError, match=r"integers in \[0, 3\)"):
+        prepare({"tokens": tokens, "label": classes + 1})
+    with pytest.raises(ValueError, match=r"integers in \[0, 3\)"):
+        condition_matrix(torch.tensor([0.5, 1.0]), 3)
+    with pytest.raises(ValueError, match=r"\(B, num_conditions\) tensor, got Tensor\(8,\)"):
+        VARPrepareBatch(tokenizer)({"tokens": tokens, "label": classes})  # indices need num_conditions
+    _, _, (single,), _ = VARPrepareBatch(tokenizer, num_conditions=1)({"tokens": tokens})
+    assert torch.equal(single, torch.ones(8, 1))
+    with pytest.raises(ValueError, match="num_conditions must be None or an integer >= 1"):
+        VARPrepareBatch(tokenizer, num_conditions=0)
 
 
 def test_next_scale_loss_is_the_mean_cross_entropy():
