@@ -36,7 +36,7 @@ def _schema_without_optional_packages(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("bundle", ["odir_vq", "odir_var"])
+@pytest.mark.parametrize("bundle", ["odir_vq", "odir_var", "image_vq", "image_var"])
 def test_metadata_passes_the_schema_with_a_name_and_without_duplicated_packages(tmp_path, bundle):
     from monai.bundle import verify_metadata
 
@@ -64,8 +64,12 @@ def _train_and_publish(base: Path, name: str, train_config: str) -> tuple[Path, 
     assert trainer.check_properties() in (None, [])
     trainer.run()
     trainer.finalize()
-    published = (bundle / "models" / "model.pt").read_bytes()
-    assert published == next((base / "run").glob("**/checkpoints/model_final.pt")).read_bytes()
+    final = next((base / "run").glob("**/checkpoints/model_final.pt"))
+    assert (bundle / "models" / "model.pt").read_bytes() == final.read_bytes()
+    # the run's settings travel with the weights: inference reads the preprocessing and channels from models/model.json
+    assert (bundle / "models" / "model.json").read_bytes() == (final.parent.parent / "run_info.json").read_bytes()
+    record = json.loads((bundle / "models" / "model.json").read_text())
+    assert record["preprocessing"]["modality"] == "fundus" and record["channels"] == 3
     return bundle, base / "run"
 
 
