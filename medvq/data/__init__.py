@@ -9,6 +9,13 @@ Items are MONAI datalist dicts, ``{"image": path, ...}``, ready for ``monai.data
 from __future__ import annotations
 
 from medvq.data.folders import build_folder_datalist
+from medvq.data.imagenet import (
+    IMAGENET100,
+    IMAGENET100_WNIDS,
+    ImageNetDatalist,
+    build_imagenet100_datalist,
+    make_imagenet100_tree,
+)
 from medvq.data.images import (
     FOREGROUND_LEVEL,
     GROUP_BY,
@@ -50,19 +57,24 @@ __all__ = [
     "DATA_FORMATS",
     "FOREGROUND_LEVEL",
     "GROUP_BY",
+    "IMAGENET100",
+    "IMAGENET100_WNIDS",
     "MIN_SLICE_FOREGROUND",
     "UNUSABLE_KEYWORDS",
     "DatalistSplit",
     "ImageDatalist",
+    "ImageNetDatalist",
     "OdirDatalist",
     "OdirLayout",
     "build_folder_datalist",
     "build_image_datalist",
+    "build_imagenet100_datalist",
     "build_odir_datalist",
     "detect_odir_layout",
     "keywords_to_label",
     "make_example_dataset",
     "make_fundus_dataset",
+    "make_imagenet100_tree",
     "median_spacing",
     "split_datalist",
     "tokenize_datalist",

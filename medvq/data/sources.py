@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from medvq.data.imagenet import build_imagenet100_datalist
 from medvq.data.images import build_image_datalist
 from medvq.data.odir import CLASSES, DatalistSplit, build_odir_datalist, split_datalist, write_datalist_json
 from medvq.data.synthetic import make_fundus_dataset
@@ -22,9 +23,11 @@ __all__ = ["DATA_FORMATS", "tokenizer_datalists"]
 
 logger = logging.getLogger(__name__)
 
-DATA_FORMATS: tuple[str, ...] = ("odir", "images")
+DATA_FORMATS: tuple[str, ...] = ("odir", "images", "imagenet100")
 """``--data_format`` of the bundles: ``odir`` (an ODIR-5K root, or a datalist of fundus photographs with their
-label vectors) or ``images`` (a folder or datalist of PNG / JPEG / DICOM / NIfTI images of any modality)."""
+label vectors), ``images`` (a folder or datalist of PNG / JPEG / DICOM / NIfTI images of any modality) or
+``imagenet100`` (an ImageNet-1k root filtered to the 100 CMC classes, :func:`medvq.data.build_imagenet100_datalist`;
+its own train / val split)."""
 
 
 def tokenizer_datalists(
@@ -59,7 +62,7 @@ def tokenizer_datalists(
         datalist: a MONAI Decathlon-style datalist JSON (``{"training": [{"image": ...}], "validation"?: [...]}``,
             paths relative to its folder), read with MONAI's loader; exclusive with ``dataset_dir``. For
             ``"odir"`` its items are fundus photographs whose ``label`` (ODIR's 8-entry vector) is kept as given.
-        data_format: ``"odir"`` (default) or ``"images"`` (:data:`DATA_FORMATS`).
+        data_format: ``"odir"`` (default), ``"images"`` or ``"imagenet100"`` (:data:`DATA_FORMATS`).
         spatial_dims, slice_axis, channels, group_by, labels: ``"images"`` only, as
             :func:`medvq.data.build_image_datalist` (2D slices of volumes along ``slice_axis``, or 3D volumes;
             ``channels`` None follows the data; the split unit; class labels from the folder or datalist).
@@ -80,7 +83,8 @@ def tokenizer_datalists(
     if data_format not in DATA_FORMATS:
         raise ValueError(
             f"data_format must be one of {list(DATA_FORMATS)}, got {data_format!r}: 'odir' for an ODIR-5K root, "
-            "'images' for a folder or datalist of PNG / JPEG / DICOM / NIfTI images."
+            "'images' for a folder or datalist of PNG / JPEG / DICOM / NIfTI images, 'imagenet100' for an "
+            "ImageNet-1k root."
         )
     if dataset_dir and datalist:
         raise ValueError(
@@ -135,6 +139,19 @@ def _build(
                                 description=f"{result.source}, one class", class_names=class_names,
                                 channels=result.channels)
         return DatalistSplit(result.train, result.val, channels=result.channels, class_names=class_names)
+    if data_format == "imagenet100" and dataset_dir:
+        result = build_imagenet100_datalist(dataset_dir, output_dir=output_dir)
+        return DatalistSplit(result.train, result.val, channels=3, class_names=result.class_names)
+    if data_format == "imagenet100" and not datalist:
+        raise FileNotFoundError(
+            "dataset_dir is empty: pass --dataset_dir <ImageNet-1k root> (train/<wnid>/*.JPEG and val/, by class or "
+            "flat with LOC_val_solution.csv; medvq never downloads ImageNet), or --datalist <datalist.json> with "
+            "class-index labels."
+        )
+    if datalist and data_format == "imagenet100":
+        result = build_image_datalist(datalist=datalist, spatial_dims=2, val_fraction=val_fraction, seed=seed,
+                                      output_dir=output_dir, channels=3)
+        return DatalistSplit(result.train, result.val, channels=3, class_names=result.class_names)
     if datalist:
         # fundus photographs listed by the user: checked and split as any image datalist, their ODIR label
         # vectors kept as given (labels=False: no class indices are derived)

@@ -100,7 +100,7 @@ class TokenSaver:
             ``applied_operations`` the batch's images carry, with the forward's interpolation. Voxels the
             preprocessing cropped away were never reconstructed: they are written as -1 (the bottom of the range,
             air for CT). Default None: volumes stay on the preprocessed grid.
-        modality: ``"ct"``, ``"mr"``, ``"xray"`` or ``"rgb"`` (``"fundus"``, 2D only, is accepted): map volumes
+        modality: ``"ct"``, ``"mr"``, ``"xray"`` or ``"rgb"`` (``"fundus"`` and ``"natural"``, 2D only, are accepted): map volumes
             back to input units with :func:`medvq.transforms.to_input_units` and the batch's
             ``<image_key>_intensity_range`` (required for ``"mr"``; else the window). Default None: volumes stay
             in [-1, 1].
@@ -145,9 +145,9 @@ class TokenSaver:
         if modality is None:
             if window is not None:
                 raise ValueError("window needs modality: pass modality='ct', 'xray' or 'rgb' with it.")
-        elif modality == "fundus":  # the bundles' name of RGB fundus photographs: 2D, 8-bit
+        elif modality in ("fundus", "natural"):  # the bundles' names of RGB photographs (fundus, ImageNet): 2D, 8-bit
             if window is not None:
-                raise ValueError("window does not apply to modality 'fundus' (8-bit photographs).")
+                raise ValueError(f"window does not apply to modality '{modality}' (8-bit photographs).")
         else:
             from medvq.transforms import preprocessing_record
 
@@ -242,7 +242,7 @@ class TokenSaver:
                 )
             from medvq.transforms import to_input_units
 
-            modality = "rgb" if self.modality == "fundus" else self.modality
+            modality = "rgb" if self.modality in ("fundus", "natural") else self.modality
             volume = to_input_units(volume, modality, window=self.window, intensity_range=intensity)
         return volume, affine, space
 

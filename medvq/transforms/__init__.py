@@ -25,6 +25,7 @@ from medvq.transforms.modality import (
     preprocessing_record,
     to_input_units,
 )
+from medvq.transforms.natural import VAR_RESIZE_RATIO, ResizeShorterSided, natural_preprocessing
 from medvq.transforms.pipelines import TOKENIZER_MODALITIES, preprocessing_settings, tokenizer_preprocessing
 from medvq.transforms.readers import (
     IMAGE_SUFFIXES,
@@ -42,6 +43,7 @@ __all__ = [
     "MR_PERCENTILES",
     "PHOTO_RANGE",
     "TOKENIZER_MODALITIES",
+    "VAR_RESIZE_RATIO",
     "CircularMaskd",
     "DicomSeriesReader",
     "ForegroundAbove",
@@ -49,6 +51,7 @@ __all__ = [
     "LoadMedicalImaged",
     "MatchChannelsd",
     "MedicalImageReader",
+    "ResizeShorterSided",
     "ScaleIntensityToUnitd",
     "SelectSliced",
     "SquarePadd",
@@ -56,6 +59,7 @@ __all__ = [
     "image_kind",
     "image_preprocessing",
     "make_dataset",
+    "natural_preprocessing",
     "preprocessing_record",
     "preprocessing_settings",
     "to_input_units",

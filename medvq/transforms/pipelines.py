@@ -6,6 +6,8 @@ MR, X-ray or RGB images is the ``modality`` knob, and this module turns it into 
 - ``"fundus"``: :func:`medvq.transforms.fundus_preprocessing` (border crop, square pad, circular field-of-view
   mask; RGB, 2D only). Fundus preprocessing belongs to fundus photographs only: on any other image the circular mask
   would black out the corners (a natural photograph came back at 12.6 dB through it).
+- ``"natural"``: :func:`medvq.transforms.natural_preprocessing` (VAR's ImageNet preprocessing: shorter side to
+  1.125x, Lanczos, random / centre crop; RGB, 2D only).
 - ``"ct"``, ``"mr"``, ``"xray"``, ``"rgb"``: :func:`medvq.transforms.image_preprocessing` (intensity by modality,
   2D slices or 3D volumes, no mask).
 
@@ -23,11 +25,13 @@ from monai.transforms import Compose
 
 from medvq.transforms.fundus import fundus_preprocessing
 from medvq.transforms.modality import MODALITIES, image_preprocessing, preprocessing_record
+from medvq.transforms.natural import VAR_RESIZE_RATIO, natural_preprocessing
 
 __all__ = ["TOKENIZER_MODALITIES", "preprocessing_settings", "tokenizer_preprocessing"]
 
-TOKENIZER_MODALITIES: tuple[str, ...] = ("fundus", *MODALITIES)
-"""What a bundle's ``--modality`` accepts: ``fundus`` (ODIR-style photographs) or a modality of
+TOKENIZER_MODALITIES: tuple[str, ...] = ("fundus", "natural", *MODALITIES)
+"""What a bundle's ``--modality`` accepts: ``fundus`` (ODIR-style photographs), ``natural`` (ImageNet photographs,
+VAR's resize and crop: :func:`~medvq.transforms.natural_preprocessing`) or a modality of
 :func:`~medvq.transforms.image_preprocessing`."""
 
 
@@ -36,12 +40,12 @@ def _check(modality: Any, spatial_dims: Any, channels: Any) -> None:
         raise ValueError(
             f"modality must be one of {list(TOKENIZER_MODALITIES)}, got {modality!r}: ct (a Hounsfield window), mr "
             "(per-volume percentiles), xray or rgb (8-bit pixels), fundus (ODIR-style photographs: border crop and "
-            "circular mask)."
+            "circular mask), natural (ImageNet photographs, VAR's resize and crop)."
         )
-    if modality == "fundus" and spatial_dims != 2:
-        raise ValueError(f"modality 'fundus' is 2D photographs: spatial_dims must be 2, got {spatial_dims!r}.")
-    if modality == "fundus" and channels not in (None, 3):
-        raise ValueError(f"modality 'fundus' is RGB: channels must be None or 3, got {channels!r}.")
+    if modality in ("fundus", "natural") and spatial_dims != 2:
+        raise ValueError(f"modality '{modality}' is 2D photographs: spatial_dims must be 2, got {spatial_dims!r}.")
+    if modality in ("fundus", "natural") and channels not in (None, 3):
+        raise ValueError(f"modality '{modality}' is RGB: channels must be None or 3, got {channels!r}.")
 
 
 def tokenizer_preprocessing(
@@ -77,6 +81,8 @@ def tokenizer_preprocessing(
     _check(modality, spatial_dims, channels)
     if modality == "fundus":
         return fundus_preprocessing(keys, image_size=image_size, train=train, label_key=label_key)
+    if modality == "natural":
+        return natural_preprocessing(keys, image_size=image_size, train=train, label_key=label_key)
     return image_preprocessing(
         keys, modality=modality, spatial_dims=spatial_dims, image_size=image_size, roi_size=roi_size, pixdim=pixdim,
         train=train, window=window, channels=channels, label_key=label_key,
@@ -102,6 +108,12 @@ def preprocessing_settings(
         return {
             "modality": "fundus", "spatial_dims": 2, "channels": 3, "image_size": image_size,
             "steps": "border crop, square pad, resize (area), circular field-of-view mask, 0..255 to [-1, 1]",
+        }
+    if modality == "natural":
+        return {
+            "modality": "natural", "spatial_dims": 2, "channels": 3, "image_size": image_size,
+            "steps": f"shorter side to round({VAR_RESIZE_RATIO} * image_size) (PIL Lanczos), random crop (training) or "
+                     "torchvision's centre crop, 0..255 to [-1, 1] (VAR's)",
         }
     return preprocessing_record(
         modality, spatial_dims, image_size, roi_size, pixdim, window, None, channels

@@ -194,7 +194,7 @@ _RULES: dict[str, Rule] = {
     # data and run
     "dataset_dir": _string(),
     "datalist": _string(what="a datalist JSON file"),
-    "data_format": _choice(("odir", "images")),
+    "data_format": _choice(("odir", "images", "imagenet100")),
     "modality": _choice(_modalities, "a modality"),
     "spatial_dims": _one_of((2, 3), "2D images or slices, 3D volumes"),
     "slice_axis": _one_of((0, 1, 2), "the RAS axis volumes are sliced along: 0 sagittal, 1 coronal, 2 axial"),
@@ -410,9 +410,15 @@ def _data_problems(good: dict[str, Any]) -> list[str]:
     if good.get("data_format") == "odir" and modality not in (None, "fundus"):
         problems.append(f"--data_format odir reads ODIR-5K fundus photographs, but --modality is {modality!r}: use "
                         "--modality fundus, or --data_format images for other images")
-    if good.get("data_format") == "odir" and dims == 3:
-        problems.append("--data_format odir is 2D fundus photographs, but --spatial_dims is 3: use --data_format "
-                        "images for volumes")
+    if good.get("data_format") == "imagenet100" and modality not in (None, "natural"):
+        problems.append(f"--data_format imagenet100 reads ImageNet photographs, but --modality is {modality!r}: use "
+                        "--modality natural (VAR's resize and crop)")
+    if modality == "natural" and dims == 3:
+        problems.append("--modality natural is 2D photographs, but --spatial_dims is 3: pick --modality ct, mr, xray "
+                        "or rgb for volumes")
+    if good.get("data_format") in ("odir", "imagenet100") and dims == 3:
+        problems.append(f"--data_format {good['data_format']} is 2D photographs, but --spatial_dims is 3: use "
+                        "--data_format images for volumes")
     return problems
 
 

@@ -1,5 +1,5 @@
-"""image_vq and image_var share odir_vq's and odir_var's wiring: their configs are the fundus bundles' with other
-data defaults, checked key by key here, so what the odir tests prove of training, resuming, checkpoints and
+"""image_vq / image_var and imagenet100_vq / imagenet100_var share odir_vq's and odir_var's wiring: their configs are
+the fundus bundles' with other data defaults, checked key by key here, so what the odir tests prove of training, resuming, checkpoints and
 TensorBoard holds for them too (tests/bundles/test_image_vq.py and test_image_var.py run them on real images)."""
 
 from __future__ import annotations
@@ -18,17 +18,20 @@ _INFERENCE = {"_desc_", "bundle_root", "output_dir", "data_format", "modality", 
 _OVERLAY = {"_desc_"}
 # the only keys in which the configs of an image bundle may differ from its fundus twin's: descriptions, where runs
 # go, and the data defaults (any images, no modality assumed, grayscale when no run_info.json says otherwise)
-DIFFERENCES = {
-    ("image_vq", "odir_vq"): {
-        "train.json": _DATA, "inference.json": _INFERENCE, "evaluate.json": _OVERLAY,
-        "multi_gpu_train.json": _OVERLAY, "logging.conf": set(),
-    },
-    ("image_var", "odir_var"): {
-        "train_tokenizer.json": _DATA, "train.json": _OVERLAY | {"bundle_root", "output_dir"},
+_VQ = {"train.json": _DATA, "inference.json": _INFERENCE, "evaluate.json": _OVERLAY,
+       "multi_gpu_train.json": _OVERLAY, "logging.conf": set()}
+_VAR = {"train_tokenizer.json": _DATA, "train.json": _OVERLAY | {"bundle_root", "output_dir"},
         "inference.json": _INFERENCE, "sample.json": _OVERLAY, "evaluate.json": _OVERLAY,
-        "multi_gpu_train.json": _OVERLAY, "multi_gpu_train_tokenizer.json": _OVERLAY, "logging.conf": set(),
-    },
+        "multi_gpu_train.json": _OVERLAY, "multi_gpu_train_tokenizer.json": _OVERLAY, "logging.conf": set()}
+DIFFERENCES = {
+    ("image_vq", "odir_vq"): _VQ,
+    ("image_var", "odir_var"): _VAR,
+    ("imagenet100_vq", "odir_vq"): _VQ,
+    ("imagenet100_var", "odir_var"): _VAR,
 }
+# (data_format, modality) of each bundle's first training config
+DATA_DEFAULTS = {"image_vq": ("images", ""), "image_var": ("images", ""), "imagenet100_vq": ("imagenet100", "natural"),
+                 "imagenet100_var": ("imagenet100", "natural")}
 
 
 def _load(path: Path) -> OrderedDict:
@@ -49,6 +52,6 @@ def test_image_bundle_is_its_fundus_twin_with_other_data_defaults(ours, twin):
         assert list(mine) == list(theirs), name  # the same knobs, in the same order
         differing = {key for key in mine if mine[key] != theirs[key]}
         assert differing <= allowed, (name, sorted(differing - allowed))
-    first = _load(configs / ("train.json" if ours == "image_vq" else "train_tokenizer.json"))
-    assert (first["data_format"], first["modality"]) == ("images", "")
+    first = _load(configs / ("train.json" if ours.endswith("_vq") else "train_tokenizer.json"))
+    assert (first["data_format"], first["modality"]) == DATA_DEFAULTS[ours]
     assert (BUNDLES / ours / "LICENSE").read_text() == (BUNDLES / twin / "LICENSE").read_text()

@@ -36,7 +36,7 @@ def _schema_without_optional_packages(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("bundle", ["odir_vq", "odir_var", "image_vq", "image_var"])
+@pytest.mark.parametrize("bundle", ["odir_vq", "odir_var", "image_vq", "image_var", "imagenet100_vq", "imagenet100_var"])
 def test_metadata_passes_the_schema_with_a_name_and_without_duplicated_packages(tmp_path, bundle):
     from monai.bundle import verify_metadata
 

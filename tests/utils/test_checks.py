@@ -66,8 +66,8 @@ def test_all_problems_are_reported_at_once():
     ("scales", "1,2,4", "--scales must be a non-empty list"),
     ("condition_dropout", 1.5, "--condition_dropout must be a number in [0, 1], got 1.5"),
     ("output_dir", "", "--output_dir must be a non-empty string"),
-    ("modality", "", "--modality '' is not a modality; choose one of: fundus, ct, mr, xray, rgb"),
-    ("data_format", "dicom", "--data_format 'dicom' is not a valid value; choose one of: odir, images"),
+    ("modality", "", "--modality '' is not a modality; choose one of: fundus, natural, ct, mr, xray, rgb"),
+    ("data_format", "dicom", "--data_format 'dicom' is not a valid value; choose one of: odir, images, imagenet100"),
     ("spatial_dims", 4, "--spatial_dims must be one of 2, 3 (2D images or slices, 3D volumes), got 4"),
     ("slice_axis", 3, "--slice_axis must be one of 0, 1, 2"),
     ("roi_size", 4, "--roi_size must be an integer >= 8 or 3 of them (the 3D crop, voxels), got 4"),
@@ -250,7 +250,7 @@ def test_data_knobs_against_each_other_and_the_3d_geometry():
     problems = _problems(check_tokenizer_settings, modality="fundus", spatial_dims=3, data_format="odir",
                          network_preset="vqgan_tiny", roi_size=30)
     assert any("--modality fundus is 2D photographs, but --spatial_dims is 3" in p for p in problems)
-    assert any("--data_format odir is 2D fundus photographs, but --spatial_dims is 3" in p for p in problems)
+    assert any("--data_format odir is 2D photographs, but --spatial_dims is 3" in p for p in problems)
     assert any("--roi_size 30 is not a multiple of vqgan_tiny's downsampling factor 4" in p for p in problems)
     assert _problems(check_tokenizer_settings, data_format="odir", modality="ct") == [
         ("--data_format odir reads ODIR-5K fundus photographs, but --modality is 'ct': use --modality fundus, or "
