@@ -73,6 +73,19 @@ def test_3d_mr_tokenizer_encodes_nifti_files_and_maps_back_to_mr_units(tmp_path)
     assert float(recon.max()) <= float(np.percentile(source, 99.5)) + 1e-3
 
 
+def test_multi_scale_tokenizer_from_an_odir_var_run_folder(tmp_path):
+    bundle = ROOT / "bundles" / "odir_var" / "configs"
+    run = tmp_path / "run"
+    _run([bundle / "train_tokenizer.json", ROOT / "configs" / "quickstart.json"], None, "training",
+         output_dir=str(run), synthetic_images=24, image_size=32, scales=[1, 2, 4, 8], **FAST)
+    tokenizer = load_tokenizer(run)  # finds <run>/tokenizer/checkpoints/model_final.pt and its run_info.json
+    photo = tmp_path / "retina.jpg"
+    Image.fromarray(skimage.data.retina()).resize((200, 200)).save(photo)
+    tokens = tokenizer.encode(photo)
+    assert tokens.shape == (1, 1 + 4 + 16 + 64)  # every scale's map, coarse to fine
+    assert tokenizer.decode(tokens).shape == (1, 3, 32, 32)
+
+
 def test_missing_weights_or_settings_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_tokenizer(tmp_path / "nowhere")
