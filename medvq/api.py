@@ -129,7 +129,7 @@ class Tokenizer:
             if isinstance(x, (str, os.PathLike)):
                 items.append(self.pipeline({"image": str(x)}))
                 continue
-            array = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).float()
+            array = (x if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x, dtype=np.float32))).float()
             if array.ndim != self.spatial_dims + 1:
                 raise ValueError(f"an array input must be channel-first (C, *spatial) with {self.spatial_dims} spatial "
                                  f"axes, in the input's units (pixels 0..255, HU, ...); got shape {tuple(array.shape)}.")
