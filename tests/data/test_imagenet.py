@@ -85,3 +85,21 @@ def test_natural_preprocessing_is_vars_resize_and_crop(tmp_path, width):  # roun
     assert train.shape == (3, size, size) and -1 <= float(train.min()) and float(train.max()) <= 1
     with pytest.raises(ValueError, match="resize_ratio must be a number >= 1"):
         natural_preprocessing(resize_ratio=0.5)
+
+
+def test_tokenizer_datalists_reads_an_imagenet_tree_or_a_datalist_of_its_images(tmp_path):
+    from medvq.data import tokenizer_datalists
+
+    root = make_imagenet100_tree(tmp_path / "tree")
+    split = tokenizer_datalists(root, tmp_path / "a", data_format="imagenet100")
+    assert (len(split.train), len(split.val), split.channels) == (200, 100, 3)
+    assert split.class_names == list(IMAGENET100_WNIDS)
+    # a datalist of the same photographs with class-index labels: checked, split by the seed, labels kept
+    items = [{"image": str(Path(i["image"]).relative_to(root)), "label": i["label"]} for i in split.train]
+    (root / "list.json").write_text(json.dumps({"training": items}))
+    listed = tokenizer_datalists(None, tmp_path / "b", datalist=root / "list.json", data_format="imagenet100",
+                                 val_fraction=0.1)
+    assert len(listed.train) + len(listed.val) == 200 and listed.val and listed.channels == 3
+    assert {i["label"] for i in listed.train} <= set(range(100))
+    with pytest.raises(FileNotFoundError, match="pass --dataset_dir <ImageNet-1k root>"):
+        tokenizer_datalists(None, tmp_path / "c", data_format="imagenet100")
