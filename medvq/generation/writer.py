@@ -21,7 +21,7 @@ import json
 import logging
 import platform
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,10 @@ from medvq.networks.var_sampling import sample_var
 from medvq.transforms.modality import CT_WINDOW, MODALITIES, PHOTO_RANGE, to_input_units
 from medvq.utils.distributed import unwrap_model
 
-__all__ = ["NIFTI_DESCRIPTION", "SYNTHETIC_NOTICE", "batch_seed", "sample_views", "write_samples"]
+__all__ = [
+    "NIFTI_DESCRIPTION", "SYNTHETIC_NOTICE", "batch_seed", "provenance_info", "sample_batches", "sample_record",
+    "sample_views", "sampling_settings", "write_samples",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +172,71 @@ def _checkpoint_info(checkpoints: Mapping[str, str] | None) -> dict[str, Any]:
     return info
 
 
+def provenance_info(checkpoints: Mapping[str, str] | None = None,
+                    training_data: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """What every sample's record shares: ``checkpoints`` (path and sha256 of each model file), ``training_data``
+    (path and sha256 of each datalist the models were trained on, e.g. the run's ``datalist.json``: which images a
+    synthetic one may have been learned from) and the software versions."""
+    info: dict[str, Any] = {"checkpoints": _checkpoint_info(checkpoints)}
+    if training_data:
+        info["training_data"] = _checkpoint_info(training_data)
+    info["software"] = {"medvq": medvq.__version__, "torch": torch.__version__, "python": platform.python_version()}
+    return info
+
+
+def sampling_settings(guidance: float = 2.5, guidance_ramp: str = "linear", top_k: int = 900, top_p: float = 0.96,
+                      temperature: float = 1.0, use_kv_cache: bool = True) -> dict[str, Any]:
+    """The keyword arguments of :func:`~medvq.networks.sample_var` as a sample's record holds them."""
+    return {"guidance": float(guidance), "guidance_ramp": guidance_ramp, "top_k": int(top_k),
+            "top_p": float(top_p), "temperature": float(temperature), "use_kv_cache": bool(use_kv_cache)}
+
+
+def sample_batches(
+    generator: nn.Module, tokenizer: nn.Module, name: str, vector: torch.Tensor | None, num: int, batch_size: int,
+    seed: int, settings: Mapping[str, Any],
+) -> Iterator[tuple[int, int, int, torch.Tensor, torch.Tensor]]:
+    """Draw ``num`` samples of one condition in batches: yields ``(start, n, batch_seed, images, tokens)`` with
+    ``images`` ``(n, C, *spatial)`` decoded and clamped to [-1, 1] (on the model's device) and ``tokens`` ``(n, L)``
+    on the CPU. Batch ``b`` is drawn from :func:`batch_seed` ``(seed, name, b)``, so :func:`write_samples` and
+    :meth:`medvq.api.Generator.generate` give the same images for the same seed and batch size."""
+    var, tok = unwrap_model(generator), unwrap_model(tokenizer)
+    spatial_dims = int(tok.quantizer.spatial_dims)
+    device = next(var.parameters()).device  # sampling (and its seeded generator) runs where the model is
+    for b, start in enumerate(range(0, num, batch_size)):
+        n = min(batch_size, num - start)
+        bseed = batch_seed(seed, name, b)
+        rng = torch.Generator(device=device).manual_seed(bseed)
+        condition = None if vector is None else vector.to(device)[None].expand(n, -1)
+        maps = sample_var(var, tok.quantizer, condition, num_samples=n, generator=rng, **settings)
+        images = tok.decode_indices(maps).clamp(-1, 1)  # (n, C, H, W) or (n, C, X, Y, Z)
+        if images.ndim != spatial_dims + 2:
+            raise ValueError(f"the tokenizer decodes images of shape {tuple(images.shape)}, not (B, C) + "
+                             f"{spatial_dims} spatial axes as its quantizer's spatial_dims.")
+        yield start, n, bseed, images, tok.quantizer.flatten_indices(maps).cpu()
+
+
+def sample_record(
+    name: str, vector: torch.Tensor | None, class_names: Sequence[str], seed: int, bseed: int, n: int, j: int,
+    settings: Mapping[str, Any], provenance: Mapping[str, Any], tokens: torch.Tensor,
+) -> dict[str, Any]:
+    """The provenance record of sample ``j`` of a batch of ``n`` drawn with ``bseed`` (what its sidecar holds)."""
+    return {
+        "condition": {
+            "name": name,
+            "labels": [] if vector is None else [c for c, v in zip(class_names, vector.tolist()) if v],
+            "vector": None if vector is None else vector.tolist(),
+        },
+        "seed": int(seed),
+        "batch_seed": bseed,
+        "batch_size": n,
+        "index_in_batch": j,
+        **settings,
+        **provenance,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "tokens": tokens.tolist(),
+    }
+
+
 @torch.no_grad()
 def write_samples(
     generator: nn.Module,
@@ -186,6 +254,7 @@ def write_samples(
     temperature: float = 1.0,
     use_kv_cache: bool = True,
     checkpoints: Mapping[str, str] | None = None,
+    training_data: Mapping[str, str] | None = None,
     summary_writer: Any = None,
     progress: bool = True,
     spacing: Sequence[float] | None = None,
@@ -213,6 +282,8 @@ def write_samples(
         guidance, guidance_ramp, top_k, top_p, temperature, use_kv_cache: as :func:`~medvq.networks.sample_var`
             (defaults: VAR's FID settings, cfg 1.5 in VAR's convention = guidance 2.5 here, top-k 900, top-p 0.96).
         checkpoints: ``{"tokenizer": path, "generator": path}``; their sha256 goes into every sidecar.
+        training_data: ``{"datalist": path}``: the datalist(s) the models were trained on; path and sha256 go into
+            every sidecar (:func:`provenance_info`).
         summary_writer: a TensorBoard ``SummaryWriter`` for the grid (tag ``samples``); None skips it.
         progress: show a progress bar.
         spacing: voxel spacing in mm of the training data, one value per spatial axis (RAS order for volumes);
@@ -263,15 +334,10 @@ def write_samples(
     modes = (var.training, tok.training)
     var.eval()
     tok.eval()
-    device = next(var.parameters()).device  # sampling (and its seeded generator) runs where the model is
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    provenance = {
-        "checkpoints": _checkpoint_info(checkpoints),
-        "software": {"medvq": medvq.__version__, "torch": torch.__version__, "python": platform.python_version()},
-    }
-    settings = {"guidance": float(guidance), "guidance_ramp": guidance_ramp, "top_k": int(top_k),
-                "top_p": float(top_p), "temperature": float(temperature), "use_kv_cache": bool(use_kv_cache)}
+    provenance = provenance_info(checkpoints, training_data)
+    settings = sampling_settings(guidance, guidance_ramp, top_k, top_p, temperature, use_kv_cache)
     records, grid_rows = [], []
     total = len(vectors) * num_per_condition
     bar = tqdm(total=total, desc="sampling", disable=not progress, leave=False)
@@ -279,17 +345,8 @@ def write_samples(
         folder = out / _slug(name)
         folder.mkdir(exist_ok=True)
         row = []
-        for b, start in enumerate(range(0, num_per_condition, batch_size)):
-            n = min(batch_size, num_per_condition - start)
-            bseed = batch_seed(seed, name, b)
-            rng = torch.Generator(device=device).manual_seed(bseed)
-            condition = None if vector is None else vector.to(device)[None].expand(n, -1)
-            maps = sample_var(var, tok.quantizer, condition, num_samples=n, generator=rng, **settings)
-            images = tok.decode_indices(maps).clamp(-1, 1)  # (n, C, H, W) or (n, C, X, Y, Z)
-            if images.ndim != spatial_dims + 2:
-                raise ValueError(f"the tokenizer decodes images of shape {tuple(images.shape)}, not (B, C) + "
-                                 f"{spatial_dims} spatial axes as its quantizer's spatial_dims.")
-            tokens = tok.quantizer.flatten_indices(maps).cpu()  # (n, L)
+        for start, n, bseed, images, tokens in sample_batches(var, tok, name, vector, num_per_condition, batch_size,
+                                                              seed, settings):
             if volumes:
                 stored = images.float().cpu()
                 if intensity["range"] is not None:
@@ -303,19 +360,7 @@ def write_samples(
                     "synthetic": True,
                     "notice": SYNTHETIC_NOTICE,
                     "file": f"{_slug(name)}/{stem}{suffix}",
-                    "condition": {
-                        "name": name,
-                        "labels": [] if vector is None else [c for c, v in zip(class_names, vector.tolist()) if v],
-                        "vector": None if vector is None else vector.tolist(),
-                    },
-                    "seed": int(seed),
-                    "batch_seed": bseed,
-                    "batch_size": n,
-                    "index_in_batch": j,
-                    **settings,
-                    **provenance,
-                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "tokens": tokens[j].tolist(),
+                    **sample_record(name, vector, class_names, seed, bseed, n, j, settings, provenance, tokens[j]),
                     **extra,
                 }
                 if volumes:
