@@ -197,10 +197,12 @@ class CheckpointHandler:
 
     Files are ``save_dir/checkpoint_<iteration>.pt``; after every save the folder keeps its newest ``n_saved`` of them
     (also those earlier processes of the same run wrote). At completion the network's weights alone also go to
-    ``save_dir/model_final.pt`` (what inference and ``load_state_dict`` users want). A write that fails (a full disk)
+    ``save_dir/model_final.pt`` (what inference and ``load_state_dict`` users want), then the run's model card
+    ``MODEL_CARD.md`` (:mod:`medvq.report.model_card`) beside ``save_dir``. A write of the weights that fails (a full disk)
     leaves the previous files intact and raises an error that says so.
 
-    When :class:`ResumeFromCheckpoint` found the run finished, :meth:`attach` only writes a missing ``model_final.pt``.
+    When :class:`ResumeFromCheckpoint` found the run finished, :meth:`attach` only writes a missing ``model_final.pt``
+    (and then its card); a finished run's files, its card included, are otherwise left as they are.
 
     Args:
         save_dir: folder of the checkpoints (created).
@@ -212,13 +214,18 @@ class CheckpointHandler:
             the MONAI model zoo and the bundles' inference look), or None; the run's ``run_info.json`` (the folder
             above ``save_dir``), when there is one, is copied beside it as ``<publish_to without suffix>.json``
             (``models/model.json``: the preprocessing and channels inference reads back,
-            :func:`medvq.report.checkpoint_run_info`). An existing file at either place is never replaced: that is
-            an error when the handler is built, before any training.
+            :func:`medvq.report.checkpoint_run_info`), and so is the model card, as ``<publish_to stem>_card.md``
+            (``models/model_card.md``; a bundle's ``docs/README.md`` is left alone). An existing file at any of these
+            places is never replaced: that is an error when the handler is built, before any training.
+        model_card: after ``model_final.pt``, write ``MODEL_CARD.md`` (:func:`medvq.report.write_model_card`: data,
+            schedule and switch, the final validation metrics read back from ``tensorboard/``, intended use, limits)
+            into the run folder above ``save_dir`` when it holds a ``run_info.json``. A card that cannot be written
+            is a logged warning naming the file, never a lost model. Default True.
     """
 
     def __init__(
         self, save_dir: str | Path, save_dict: dict[str, Any], every_iterations: int, n_saved: int = 2,
-        final_key: str | None = "network", publish_to: str | Path | None = None,
+        final_key: str | None = "network", publish_to: str | Path | None = None, model_card: bool = True,
     ) -> None:
         if isinstance(every_iterations, bool) or not isinstance(every_iterations, int) or every_iterations < 1:
             raise ValueError(f"every_iterations (checkpoint_every) must be an integer >= 1, got {every_iterations!r}.")
@@ -230,7 +237,9 @@ class CheckpointHandler:
         if self.publish_to is not None:
             if final_key is None:
                 raise ValueError("publish_to needs final_key: the weights it publishes are model_final.pt's.")
-            for existing in (self.publish_to, self.publish_to.with_suffix(".json")):
+            from medvq.report.model_card import published_card_path  # report imports handlers: import late
+
+            for existing in (self.publish_to, self.publish_to.with_suffix(".json"), published_card_path(self.publish_to)):
                 if existing.exists():
                     raise FileExistsError(
                         f"'{existing}' already exists and is never replaced: move it away (or pass "
@@ -241,6 +250,7 @@ class CheckpointHandler:
         self.every_iterations = int(every_iterations)
         self.n_saved = n_saved
         self.final_key = final_key
+        self.model_card = bool(model_card)
         self.checkpoint = Checkpoint(
             to_save=_wrap(save_dict),
             save_handler=DiskSaver(str(self.save_dir), require_empty=False, atomic=True, create_dir=True),
@@ -255,7 +265,7 @@ class CheckpointHandler:
             if self.final_key is not None and not (self.save_dir / _FINAL).is_file():
                 logger.warning("%s is missing (its write was interrupted): writing it from the resumed checkpoint",
                                self.save_dir / _FINAL)
-                self.write_final()
+                self.write_final(engine)
             return
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.every_iterations), self._save)
         engine.add_event_handler(Events.COMPLETED, self._complete)
@@ -276,8 +286,10 @@ class CheckpointHandler:
         for _, path in list_checkpoints(self.save_dir)[: -self.n_saved]:
             path.unlink(missing_ok=True)
 
-    def write_final(self) -> Path | None:
-        """Write the network's weights to ``model_final.pt`` (a temporary file, then an atomic rename)."""
+    def write_final(self, engine: Engine | None = None) -> Path | None:
+        """Write the network's weights to ``model_final.pt`` (a temporary file, then an atomic rename), publish them,
+        then write the model card (``engine``: the trainer, whose epochs and iterations the card states; None reads
+        them from the newest checkpoint)."""
         if self.final_key is None:
             return None
         module = self.save_dict[self.final_key]
@@ -307,11 +319,40 @@ class CheckpointHandler:
                 tmp_record.write_bytes(run_info.read_bytes())
                 tmp_record.replace(record)
                 logger.info("published the run's settings to %s", record)
+        if self.model_card:
+            self._write_card(engine)
         return target
+
+    def _write_card(self, engine: Engine | None) -> None:
+        """``<run>/MODEL_CARD.md`` (and its published copy); after the weights, so a failure here loses none."""
+        run_dir = self.save_dir.parent
+        if not (run_dir / "run_info.json").is_file():
+            return  # not a bundle's run folder: nothing to describe the model with
+        from medvq.report.model_card import CARD_NAME, published_card_path, write_model_card  # report imports us
+
+        state = getattr(engine, "state", None)
+        training = None
+        if state is not None and getattr(state, "iteration", None) is not None:
+            training = {"iterations": int(state.iteration), "epochs": int(state.epoch),
+                        "epoch_length": state.epoch_length, "max_epochs": state.max_epochs}
+        target = run_dir / CARD_NAME
+        try:
+            write_model_card(run_dir, training=training, published=self.publish_to)
+            logger.info("wrote the model card %s", target)
+            if self.publish_to is not None:  # a copy, as run_info.json is copied to models/model.json
+                target = published_card_path(self.publish_to)
+                tmp = target.with_name(target.name + ".tmp")
+                tmp.write_bytes((run_dir / CARD_NAME).read_bytes())
+                tmp.replace(target)
+                logger.info("published the model card to %s", target)
+        except Exception as exc:  # noqa: BLE001  the card describes the weights; it must never cost them
+            target.with_name(target.name + ".tmp").unlink(missing_ok=True)
+            logger.warning("could not write the model card %s (%s: %s); the weights in %s are complete",
+                           target, type(exc).__name__, exc, self.save_dir / _FINAL)
 
     def _complete(self, engine: Engine) -> None:
         self._save(engine)
-        self.write_final()
+        self.write_final(engine)
 
 
 def _state_of(objects: dict[str, Any]) -> dict[str, Any]:
