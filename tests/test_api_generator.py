@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from PIL import Image
 
 from medvq.api import load_generator
 from medvq.handlers import file_sha256
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_generate_gives_the_images_and_records_of_sample_json(var_run, var_sample):
@@ -74,3 +77,29 @@ def test_wrong_paths_are_named(var_run, tmp_path):
         load_generator(var_run / "tokenizer")
     with pytest.raises(ValueError, match="is not a generator"):
         load_generator(var_run / "tokenizer" / "checkpoints" / "model_final.pt")
+
+
+def _python_blocks(path, needle):
+    text = (ROOT / path).read_text()
+    return [b for b in (part.split("```", 1)[0] for part in text.split("```python\n")[1:]) if needle in b]
+
+
+def test_the_docs_and_readme_generator_examples_run_verbatim(var_run, tmp_path, monkeypatch):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "quickstart_var").symlink_to(var_run, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    blocks = [("docs/api.md", b) for b in _python_blocks("docs/api.md", "load_generator")]
+    blocks += [("README.md", b) for b in _python_blocks("README.md", "load_generator")]
+    assert len(blocks) == 2
+    for name, block in blocks:
+        namespace: dict = {}
+        exec(compile(block, name, "exec"), namespace)  # noqa: S102  the documented example, run as written
+        samples = namespace["samples"]
+        assert samples.conditions[0] == "G" and samples.provenance[0]["synthetic"] is True, name
+
+
+def test_the_readme_quantizer_example_runs_verbatim():
+    (block,) = _python_blocks("README.md", "VectorQuantizer(")
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102  the documented example, run as written
+    assert namespace["vq"].active and namespace["report"].usage > 0.5

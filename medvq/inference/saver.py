@@ -106,6 +106,8 @@ class TokenSaver:
             in [-1, 1].
         window: the window the preprocessing used (ct / xray / rgb; default the modality's), used where a batch
             has no ``<image_key>_intensity_range``.
+        reconstructions: write the reconstructions; False writes only the token maps and the summary (``recon``
+            is then null in ``tokens.json`` and empty in ``index.csv``; the PSNR is still measured). Default True.
 
     Attributes:
         records: one dict per image written so far in this run (the entries of ``tokens.json``).
@@ -131,6 +133,7 @@ class TokenSaver:
         transform: Any = None,
         modality: str | None = None,
         window: Sequence[float] | None = None,
+        reconstructions: bool = True,
     ) -> None:
         if not output_dir:
             raise ValueError("output_dir must be a folder path, got an empty value.")
@@ -158,6 +161,7 @@ class TokenSaver:
         self.transform = transform
         self.modality = modality
         self.window = None if window is None else [float(v) for v in window]
+        self.reconstructions = bool(reconstructions)
         self.records: list[dict[str, Any]] = []
         self._used_names: set[str] = set()
 
@@ -269,14 +273,16 @@ class TokenSaver:
                 f"reconstructions of shape {tuple(preds.shape)}."
             )
         volumes = preds.ndim == 5
-        items = self._items(engine, len(preds)) if volumes else [{}] * len(preds)
+        items = self._items(engine, len(preds)) if volumes and self.reconstructions else [{}] * len(preds)
         slices = self._slices(engine, len(preds))
         for source, item, image, pred, tokens, cut in zip(
             self._sources(engine, len(preds)), items, images, preds, indices, slices
         ):
             name = self._unique_name(source, cut)
             tokens_file = f"{name}_tokens.npy"
-            if volumes:
+            if not self.reconstructions:
+                recon_file, fmt, space = None, None, None
+            elif volumes:
                 recon_file, fmt = f"{name}_recon.nii.gz", "nifti"
                 volume, affine, space = self._to_source(item, pred)
                 _save_nifti(volume, affine, self.output_dir / recon_file)

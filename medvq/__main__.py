@@ -1,0 +1,7 @@
+"""``python -m medvq``: the ``medvq`` command (:mod:`medvq.cli`)."""
+
+import sys
+
+from medvq.cli import main
+
+sys.exit(main())
