@@ -7,7 +7,8 @@ Verbs (``medvq <verb> --help`` explains each):
 - ``reconstruct IN OUT --model RUN``: the same plus each reconstruction (2D: PNG; 3D: NIfTI on the source grid, in
   input units);
 - ``sample OUT --model RUN --conditions "G,D+H" -n 100``: synthetic images with provenance sidecars
-  (:func:`medvq.generation.write_samples`) and the memorization check against the training images;
+  (:func:`medvq.generation.write_samples`) and the memorization check against the training images
+  (:func:`medvq.generation.check_sample_memorization`: ``memorization.json``, ``memorization_pairs.png``);
 - ``report RUN [RUN ...]``: the side-by-side comparison of evaluated runs (:func:`medvq.report.compare_runs`);
 - ``export RUN``: TorchScript by trace, checked for identical token indices on the validation images;
 - ``info RUN``: what a run or checkpoint holds (preset, sizes, schedule, switch, coverage at the end);
@@ -138,6 +139,22 @@ def _sample(args: argparse.Namespace) -> int:
     )
     print(f"wrote {len(records)} synthetic images for {len(conditions)} conditions to {out} (samples.json, "
           "grid.png, one .json provenance sidecar per image)")
+    if args.no_memorization_check:
+        print("memorization check skipped (--no_memorization_check)")
+        return 0
+    if generator.training_data is None:
+        print("memorization check skipped: the run has no datalist.json naming its training images; run "
+              "medvq.generation.check_sample_memorization with the datalist the models were trained on",
+              file=sys.stderr)
+        return 0
+    from medvq.generation import check_sample_memorization
+
+    report = check_sample_memorization(tok, records, generator.training_data, out, batch_size=args.batch_size,
+                                       progress=not args.quiet)
+    spaces = "; ".join(f"{space}: {r.fraction_flagged:.1%} flagged (threshold {r.threshold:.4g} RMS, calibration "
+                       f"{r.calibration.status})" for space, r in report.spaces.items())
+    print(f"memorization check: {sum(report.flagged)} of {report.num_samples} samples are near-copies of one of the "
+          f"{report.num_train} training images ({spaces}); memorization.json, memorization_pairs.png")
     return 0
 
 
@@ -247,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--top_p", type=float, default=0.96, help="nucleus filtering (default 0.96; 1 off)")
     sub.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default 1)")
     sub.add_argument("--batch_size", type=int, default=16, help="images drawn together (default 16)")
+    sub.add_argument("--no_memorization_check", action="store_true", help="skip the check of every sample against "
+                     "the training images (nearest training image in pixel and latent space, near-copies flagged; "
+                     "docs/memorization.md)")
     device(sub)
 
     sub = verb("report", "Side-by-side table and plots of evaluated runs (each with eval/metrics.json).", _report)

@@ -176,6 +176,12 @@ def test_sample_writes_what_sample_json_writes(var_run, var_sample, tmp_path, ca
                          var_sample["samples_per_condition"], "--batch_size", var_sample["sample_batch_size"],
                          "--seed", var_sample["sample_seed"], "--quiet")
     assert code == 0 and "wrote 6 synthetic images for 2 conditions" in text
+    assert "memorization check: " in text and "of 6 samples are near-copies" in text
+    memorization = json.loads((out / "memorization.json").read_text())
+    assert memorization["num_samples"] == 6 and set(memorization["spaces"]) == {"pixel", "latent"}
+    assert memorization == {**json.loads((var_run / "generator" / "samples" / "memorization.json").read_text()),
+                            "files": memorization["files"]}  # the same check as sample.json's
+    assert (out / "memorization_pairs.png").is_file()
     bundle = var_run / "generator" / "samples"
     for name in var_sample["sample_conditions"]:
         for i in range(var_sample["samples_per_condition"]):
@@ -186,6 +192,9 @@ def test_sample_writes_what_sample_json_writes(var_run, var_sample, tmp_path, ca
             assert (out / name / f"{name}_{i:04d}.png").read_bytes() == (bundle / name / f"{name}_{i:04d}.png").read_bytes()
     code, _, err = _cli(capsys, "sample", out, "--model", var_run, "--quiet")
     assert code == 2 and "already holds finished results" in err
+    code, text, _ = _cli(capsys, "sample", tmp_path / "fast", "--model", var_run, "-n", 1, "--conditions", "null",
+                         "--no_memorization_check", "--quiet")
+    assert code == 0 and "memorization check skipped" in text and not (tmp_path / "fast" / "memorization.json").exists()
     code, _, err = _cli(capsys, "sample", tmp_path / "other", "--model", var_run, "--conditions", "X", "--quiet")
     assert code == 2 and "'X'" in err
 
