@@ -285,6 +285,24 @@ def fundus_preprocessing(
     return Compose(transforms)
 
 
+class _PersistentDataset(PersistentDataset):
+    """MONAI's ``PersistentDataset`` whose items look the same whether they came from the cache or not.
+
+    MONAI's returns a freshly computed item with its metadata (MetaTensors: a 2D image's 3x3 affine) but a cached one
+    as stored, without it (plain tensors, which the random transforms after the cache turn into MetaTensors with a
+    default 4x4 affine). A batch mixing both fails to collate ("stack expects each tensor to be equal size, but got
+    [3, 3] ... and [4, 4]"): it happens whenever an epoch sees an item for the first time while others come from the
+    cache (``drop_last`` left it out of epoch 1, the deferred switch's pass over the data, a resumed run). Here both
+    paths drop the metadata, as the cache stores it.
+    """
+
+    def _cachecheck(self, item_transformed: Any) -> Any:
+        from monai.utils import convert_to_tensor
+
+        return convert_to_tensor(super()._cachecheck(item_transformed), convert_numeric=False,
+                                 track_meta=self.track_meta)
+
+
 def make_dataset(
     datalist: Sequence[dict],
     transform: Compose,
@@ -298,8 +316,8 @@ def make_dataset(
     With ``cache_dir``: a MONAI ``PersistentDataset`` that stores each preprocessed item as a ``.pt`` file, kept
     across runs; its file names hash the item AND the deterministic transforms (``hash_transform=pickle_hashing``),
     so changing e.g. ``image_size`` writes a new cache instead of reading stale images. Items are stored without
-    their metadata (``PersistentDataset``'s default); use the in-memory cache when a later step needs
-    ``meta["filename_or_obj"]``. Without ``cache_dir``: a MONAI ``CacheDataset`` filled in memory at construction
+    their metadata (``PersistentDataset``'s default) and returned without it also when computed afresh, so cached and
+    new items batch together; use the in-memory cache when a later step needs ``meta["filename_or_obj"]``. Without ``cache_dir``: a MONAI ``CacheDataset`` filled in memory at construction
     (256 px RGB float32: 0.75 MiB per image, about 5 GiB for ODIR's 7,000).
 
     Args:
@@ -323,5 +341,5 @@ def make_dataset(
         raise ValueError(f"num_workers must be an integer >= 1, got {num_workers!r}.")
     if cache_dir is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        return PersistentDataset(list(datalist), transform, cache_dir=cache_dir, hash_transform=pickle_hashing)
+        return _PersistentDataset(list(datalist), transform, cache_dir=cache_dir, hash_transform=pickle_hashing)
     return CacheDataset(list(datalist), transform, cache_rate=cache_rate, num_workers=num_workers, progress=progress)

@@ -141,6 +141,26 @@ def test_rgba_and_grayscale_inputs_become_rgb(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ caching
+def test_cached_and_fresh_items_of_the_persistent_cache_batch_together(tmp_path):
+    """A batch mixing an item read from the cache with one computed afresh (seen for the first time: drop_last left
+    it out of an epoch, the deferred switch's pass) collates: MONAI's PersistentDataset returned the fresh one with
+    its 2D metadata (3x3 affine) and the cached one without (a 4x4 default after the random flip)."""
+    import pydicom.data
+    from monai.data import DataLoader
+
+    from medvq.transforms import tokenizer_preprocessing
+
+    items = [{"image": pydicom.data.get_testdata_file(name)} for name in ("CT_small.dcm", "693_J2KI.dcm")]
+    pipeline = tokenizer_preprocessing("image", modality="ct", spatial_dims=2, image_size=32, train=True, channels=1,
+                                       label_key=None)
+    dataset = make_dataset(items, pipeline, cache_dir=tmp_path / "cache")
+    cached = dataset[0]["image"]  # now on disk: the next read of item 0 is a cache hit, item 1 is still a miss
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    (batch,) = DataLoader(dataset, batch_size=2, shuffle=False)
+    assert tuple(batch["image"].shape) == (2, 1, 32, 32)
+    assert type(dataset[1]["image"]) is type(cached)  # both paths give the same kind of item
+
+
 def test_persistent_cache_keys_include_the_transforms(tmp_path, retina_jpeg):
     items = [{"image": retina_jpeg, "label": [1.0] + [0.0] * 7}]
     cache = tmp_path / "cache"
