@@ -83,7 +83,8 @@ def _run_tokenizer(args: argparse.Namespace, reconstructions: bool) -> int:
     saver = TokenSaver(
         out, metadata={"model": str(tokenizer.checkpoint), "settings": tokenizer.settings, "source": str(args.input)},
         transform=tokenizer.pipeline if tokenizer.spatial_dims == 3 else None,
-        modality=None if tokenizer.spatial_dims == 2 else modality, window=tokenizer.window,
+        modality=None if tokenizer.spatial_dims == 2 else modality,  # as inference.json: 2D PNGs stay in [-1, 1]
+        window=None if tokenizer.spatial_dims == 2 else tokenizer.window,
         reconstructions=reconstructions,
     )
     loader = DataLoader(Dataset(items, tokenizer.pipeline), batch_size=args.batch_size, shuffle=False,

@@ -103,3 +103,18 @@ def test_the_readme_quantizer_example_runs_verbatim():
     namespace: dict = {}
     exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102  the documented example, run as written
     assert namespace["vq"].active and namespace["report"].usage > 0.5
+
+
+def test_a_published_bundle_folder_loads_the_generator_with_its_tokenizer(var_run, tmp_path):
+    """What --publish_model True leaves in <bundle_root>/models/: model.pt + model.json, generator.pt + generator.json."""
+    models = tmp_path / "bundle" / "models"
+    models.mkdir(parents=True)
+    for stage, name in (("tokenizer", "model"), ("generator", "generator")):
+        shutil.copy(var_run / stage / "checkpoints" / "model_final.pt", models / f"{name}.pt")
+        shutil.copy(var_run / stage / "run_info.json", models / f"{name}.json")
+    generator = load_generator(tmp_path / "bundle")
+    assert generator.checkpoint == models / "generator.pt" and generator.tokenizer.checkpoint == models / "model.pt"
+    assert generator.training_data is None  # a bundle folder holds no datalist: the records say so
+    samples = generator.generate("G", num_samples=2, seed=3)
+    reference = load_generator(var_run).generate("G", num_samples=2, seed=3)
+    assert torch.equal(samples.tokens, reference.tokens) and "training_data" not in samples.provenance[0]
