@@ -130,8 +130,7 @@ class Tokenizer:
 
     # ------------------------------------------------------------------------------------------------- inputs
     def _items(self, inputs: Any) -> list[dict[str, Any]]:
-        if isinstance(inputs, (str, os.PathLike)) or not isinstance(inputs, Sequence) or isinstance(inputs, np.ndarray):
-            inputs = [inputs]
+        inputs = self._as_list(inputs)
         items = []
         rest = None
         for x in inputs:
@@ -161,40 +160,68 @@ class Tokenizer:
         return torch.stack([torch.as_tensor(item["image"]).float() for item in self._items(inputs)])
 
     # ------------------------------------------------------------------------------------------------ codes
+    @staticmethod
+    def _as_list(inputs: Any) -> list[Any]:
+        if isinstance(inputs, (str, os.PathLike)) or not isinstance(inputs, Sequence) or isinstance(inputs, np.ndarray):
+            return [inputs]
+        return list(inputs)
+
+    @staticmethod
+    def _check_batch_size(batch_size: int) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
+
     @torch.no_grad()
-    def encode(self, inputs: Any) -> torch.Tensor:
+    def encode(self, inputs: Any, batch_size: int = 32) -> torch.Tensor:
         """Token maps of the inputs (paths, arrays, or an already preprocessed ``(B, C, *spatial)`` tensor):
-        ``(B, *grid)`` int64; multi-scale tokenizers return ``(B, L)`` token sequences (every scale, coarse to fine)."""
-        images = inputs if isinstance(inputs, torch.Tensor) and inputs.ndim == self.spatial_dims + 2 \
-            else self.preprocess(inputs)
-        maps = self.network.encode_to_indices(images.to(self.device).float())
+        ``(B, *grid)`` int64; multi-scale tokenizers return ``(B, L)`` token sequences (every scale, coarse to fine).
+        Inputs are read, preprocessed and encoded ``batch_size`` at a time (memory stays bounded)."""
+        self._check_batch_size(batch_size)
+        if isinstance(inputs, torch.Tensor) and inputs.ndim == self.spatial_dims + 2:
+            batches = (inputs[i:i + batch_size] for i in range(0, len(inputs), batch_size))
+        else:
+            listed = self._as_list(inputs)
+            batches = (self.preprocess(listed[i:i + batch_size]) for i in range(0, len(listed), batch_size))
         quantizer = self.network.quantizer
-        return quantizer.flatten_indices(maps) if hasattr(quantizer, "flatten_indices") else maps
+        out = []
+        for images in batches:
+            maps = self.network.encode_to_indices(images.to(self.device).float())
+            out.append(quantizer.flatten_indices(maps) if hasattr(quantizer, "flatten_indices") else maps)
+        return torch.cat(out)
 
     @torch.no_grad()
-    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Images ``(B, C, *spatial)`` in [-1, 1] of token maps (or multi-scale token sequences)."""
-        return self.network.decode_indices(torch.as_tensor(tokens).to(self.device)).clamp(-1, 1).cpu()
+    def decode(self, tokens: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        """Images ``(B, C, *spatial)`` in [-1, 1] (on the CPU) of token maps (or multi-scale token sequences),
+        ``batch_size`` at a time."""
+        self._check_batch_size(batch_size)
+        tokens = torch.as_tensor(tokens)
+        return torch.cat([self.network.decode_indices(tokens[i:i + batch_size].to(self.device)).clamp(-1, 1).cpu()
+                          for i in range(0, len(tokens), batch_size)])
 
     @torch.no_grad()
-    def reconstruct(self, inputs: Any, units: str = "model") -> torch.Tensor:
-        """Encode and decode ``inputs`` (paths or arrays); ``units="input"`` maps the result back to the input's
-        units (0..255 for photographs, HU for CT, the source scale for MR) with the recorded intensity mapping.
-        Shapes are the preprocessed ones (the training's size and crop)."""
+    def reconstruct(self, inputs: Any, units: str = "model", batch_size: int = 32) -> torch.Tensor:
+        """Encode and decode ``inputs`` (paths or arrays), ``batch_size`` at a time; ``units="input"`` maps the
+        result back to the input's units (0..255 for photographs, HU for CT, the source scale for MR) with the
+        recorded intensity mapping. Shapes are the preprocessed ones (the training's size and crop)."""
         if units not in ("model", "input"):
             raise ValueError(f"units must be 'model' ([-1, 1]) or 'input', got {units!r}.")
-        items = self._items(inputs)
-        images = torch.stack([torch.as_tensor(item["image"]).float() for item in items])
-        out = self.decode(self.encode(images))
-        if units == "model":
-            return out
+        self._check_batch_size(batch_size)
         from medvq.transforms import to_input_units
 
-        if self.modality in ("fundus", "natural", "rgb", "xray"):
-            return to_input_units(out, "rgb" if self.modality in ("fundus", "natural") else self.modality,
-                                  window=self.window)
-        ranges = torch.stack([torch.as_tensor(item[_RANGE]).float() for item in items])
-        return to_input_units(out, self.modality, window=self.window, intensity_range=ranges)
+        listed, out = self._as_list(inputs), []
+        for i in range(0, len(listed), batch_size):
+            items = self._items(listed[i:i + batch_size])
+            images = torch.stack([torch.as_tensor(item["image"]).float() for item in items])
+            recon = self.decode(self.encode(images, batch_size), batch_size)
+            if units == "input":
+                if self.modality in ("fundus", "natural", "rgb", "xray"):
+                    recon = to_input_units(recon, "rgb" if self.modality in ("fundus", "natural") else self.modality,
+                                           window=self.window)
+                else:
+                    ranges = torch.stack([torch.as_tensor(item[_RANGE]).float() for item in items])
+                    recon = to_input_units(recon, self.modality, window=self.window, intensity_range=ranges)
+            out.append(recon)
+        return torch.cat(out)
 
 
 def load_tokenizer(path: str | os.PathLike, device: str | torch.device | None = None) -> Tokenizer:

@@ -116,3 +116,22 @@ def test_the_docs_and_readme_examples_run_verbatim(tmp_path, monkeypatch):
         exec(compile(block, name, "exec"), namespace)  # noqa: S102  the documented example, run as written
         assert tuple(namespace["tokens"].shape) == (1, 16, 16), name
     assert tuple(namespace["recon"].shape) == (1, 3, 64, 64)
+
+
+def test_batches_give_the_same_tokens_and_reconstructions_as_one_pass(vq_run, tmp_path):
+    photos = []
+    for i, (size, flip) in enumerate(((300, False), (240, True), (200, False))):
+        array = skimage.data.retina()[::-1] if flip else skimage.data.retina()
+        photos.append(tmp_path / f"retina_{i}.png")
+        Image.fromarray(np.ascontiguousarray(array)).resize((size, size)).save(photos[-1])
+    tokenizer = load_tokenizer(vq_run)
+    tokens = tokenizer.encode(photos)
+    assert tokens.shape == (3, 16, 16)
+    assert np.array_equal(tokenizer.encode(photos, batch_size=1).numpy(), tokens.numpy())
+    assert np.array_equal(tokenizer.encode(tokenizer.preprocess(photos), batch_size=2).numpy(), tokens.numpy())
+    np.testing.assert_allclose(tokenizer.reconstruct(photos, units="input", batch_size=2).numpy(),
+                               tokenizer.reconstruct(photos, units="input").numpy(), atol=2e-3)  # 0..255, float32
+    np.testing.assert_allclose(tokenizer.decode(tokens, batch_size=1).numpy(), tokenizer.decode(tokens).numpy(),
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="batch_size"):
+        tokenizer.encode(photos, batch_size=0)
