@@ -118,3 +118,23 @@ def test_a_published_bundle_folder_loads_the_generator_with_its_tokenizer(var_ru
     samples = generator.generate("G", num_samples=2, seed=3)
     reference = load_generator(var_run).generate("G", num_samples=2, seed=3)
     assert torch.equal(samples.tokens, reference.tokens) and "training_data" not in samples.provenance[0]
+
+
+def test_loading_encoding_and_generating_run_no_engine(var_run, vq_run):
+    """No Ignite engine on the Python path: medvq's engines are not even imported (Ignite itself is, by ``import
+    monai``: monai.utils.enums imports it when it is installed; medvq.handlers' hashing and view helpers are used)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch\n"
+        "from medvq.api import load_generator, load_tokenizer\n"
+        f"tokenizer = load_tokenizer({str(vq_run)!r})\n"
+        "tokens = tokenizer.encode(torch.zeros(1, 3, 64, 64))\n"
+        "tokenizer.decode(tokens)\n"
+        f"load_generator({str(var_run)!r}).generate('G', num_samples=1)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('medvq.engines')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
