@@ -14,6 +14,7 @@ from medvq.handlers.deferred_quantization import DeferredQuantizationHandler
 from medvq.handlers.evaluation_report import EvaluationReportHandler, file_sha256
 from medvq.handlers.generation_report import GenerationReportHandler
 from medvq.handlers.gradient_clip import GradientClipHandler
+from medvq.handlers.memorization import MemorizationHandler
 from medvq.handlers.monitoring import CodeFrequencyHandler, ProgressBarHandler, ReconstructionGridHandler, make_grid
 from medvq.handlers.sample_grid import SampleGridHandler
 from medvq.handlers.tensorboard import MetricsWriter, RunSummaryHandler, grouped_scalars, grouped_tag
@@ -25,6 +26,7 @@ __all__ = [
     "EvaluationReportHandler",
     "GenerationReportHandler",
     "GradientClipHandler",
+    "MemorizationHandler",
     "MetricsWriter",
     "ProgressBarHandler",
     "ReconstructionGridHandler",

@@ -243,6 +243,13 @@ def test_evaluate_reports_gfid_and_per_scale_token_coverage(trained, tmp_path):
         assert (out / "generator" / "eval" / name).read_bytes()[:8] == PNG
     counts = torch.load(out / "generator" / "eval" / "token_counts.pt", weights_only=True)
     assert counts["generated"].shape == (4, 32) and int(counts["generated"][0].sum()) == report["num_images"]
+    # the memorization check of the images the evaluation generated (memorization_check, on by default)
+    memorization = json.loads((out / "generator" / "eval" / "memorization.json").read_text())
+    assert memorization["num_samples"] == report["num_images"] and set(memorization["spaces"]) == {"pixel", "latent"}
+    assert memorization["num_train"] == len(json.loads((out / "datalist.json").read_text())["training"])
+    assert (out / "generator" / "eval" / "memorization_pairs.png").read_bytes()[:8] == PNG
+    tags = _scalar_tags(out / "generator" / "eval" / "tensorboard")
+    assert {"eval/memorization_flagged_pixel", "eval/memorization_flagged_latent"} <= tags
 
 
 def test_stage2_on_the_fly_tokenization_matches_the_precomputed_tokens(trained):
