@@ -198,6 +198,15 @@ class Tokenizer:
         return torch.cat([self.network.decode_indices(tokens[i:i + batch_size].to(self.device)).clamp(-1, 1).cpu()
                           for i in range(0, len(tokens), batch_size)])
 
+    def to_input_units(self, images: torch.Tensor, intensity_range: torch.Tensor | None = None) -> torch.Tensor:
+        """``images`` in [-1, 1] mapped to the training data's units with the recorded intensity mapping: 0..255 for
+        photographs, the window's units for CT / X-ray / RGB; MR needs each image's ``intensity_range`` (``(B, 2)``,
+        its percentile values: MR has no absolute unit)."""
+        from medvq.transforms import to_input_units
+
+        modality = "rgb" if self.modality in ("fundus", "natural") else self.modality
+        return to_input_units(images, modality, window=self.window, intensity_range=intensity_range)
+
     @torch.no_grad()
     def reconstruct(self, inputs: Any, units: str = "model", batch_size: int = 32) -> torch.Tensor:
         """Encode and decode ``inputs`` (paths or arrays), ``batch_size`` at a time; ``units="input"`` maps the
@@ -206,20 +215,15 @@ class Tokenizer:
         if units not in ("model", "input"):
             raise ValueError(f"units must be 'model' ([-1, 1]) or 'input', got {units!r}.")
         self._check_batch_size(batch_size)
-        from medvq.transforms import to_input_units
-
         listed, out = self._as_list(inputs), []
         for i in range(0, len(listed), batch_size):
             items = self._items(listed[i:i + batch_size])
             images = torch.stack([torch.as_tensor(item["image"]).float() for item in items])
             recon = self.decode(self.encode(images, batch_size), batch_size)
             if units == "input":
-                if self.modality in ("fundus", "natural", "rgb", "xray"):
-                    recon = to_input_units(recon, "rgb" if self.modality in ("fundus", "natural") else self.modality,
-                                           window=self.window)
-                else:
-                    ranges = torch.stack([torch.as_tensor(item[_RANGE]).float() for item in items])
-                    recon = to_input_units(recon, self.modality, window=self.window, intensity_range=ranges)
+                ranges = None if self.modality in ("fundus", "natural", "rgb", "xray") else torch.stack(
+                    [torch.as_tensor(item[_RANGE]).float() for item in items])
+                recon = self.to_input_units(recon, ranges)
             out.append(recon)
         return torch.cat(out)
 
@@ -338,7 +342,6 @@ class Generator:
 
         from medvq.generation import condition_vectors
         from medvq.generation.writer import provenance_info, sample_batches, sample_record, sampling_settings
-        from medvq.transforms import to_input_units
 
         if num_samples < 1 or batch_size < 1:
             raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}.")
@@ -368,8 +371,7 @@ class Generator:
         bar.close()
         out = torch.cat(images)
         if units == "input":
-            out = to_input_units(out, "rgb" if tok.modality in ("fundus", "natural") else tok.modality,
-                                 window=tok.window)
+            out = tok.to_input_units(out)
             for record in records:
                 record["units"] = "input"
         return Samples(out, torch.cat(tokens), names, records)
