@@ -55,6 +55,7 @@ __all__ = [
     "EXTRACTOR_KINDS",
     "FID",
     "FID_EXTRACTOR_CONFIG_KEY",
+    "FID_REFERENCES",
     "INCEPTION_NAME",
     "INCEPTION_URL",
     "MS_SSIM_WEIGHTS",
@@ -72,6 +73,7 @@ __all__ = [
     "default_extractor_dirs",
     "feature_statistics",
     "fid_from_batches",
+    "gfid_reference_statistics",
     "frechet_distance",
     "image_fidelity",
     "load_feature_extractor",
@@ -79,6 +81,7 @@ __all__ = [
     "mean_code_distance",
     "ms_ssim_min_size",
     "perplexity_from_counts",
+    "reference_statistics",
     "shrinkage",
     "trace_covariance",
 ]
@@ -99,6 +102,10 @@ def __getattr__(name: str) -> Any:
         from medvq.metrics.token_accuracy import TokenAccuracy
 
         return TokenAccuracy
+    if name in ("reference_statistics", "gfid_reference_statistics", "FID_REFERENCES"):
+        from medvq.metrics import fid_reference  # imports MONAI's data tools on use
+
+        return getattr(fid_reference, name)
     if name in _FIDELITY_NAMES:
         from medvq.metrics import fidelity
 

@@ -252,6 +252,42 @@ def test_evaluate_reports_gfid_and_per_scale_token_coverage(trained, tmp_path):
     assert {"eval/memorization_flagged_pixel", "eval/memorization_flagged_latent"} <= tags
 
 
+def test_evaluate_gfid_against_the_training_statistics(trained, tmp_path):
+    # --fid_reference training (imagenet100_var's default): generated images against the whole training split's
+    # statistics, computed through the evaluation preprocessing and cached in <output_dir>/fid_reference
+    out, _, _ = trained
+    extractor = tmp_path / "tiny_extractor.pt"
+    torch.manual_seed(0)
+    torch.jit.script(_TinyExtractor()).save(str(extractor))
+    overrides = dict(output_dir=str(out), **TINY, fid_extractor_path=str(extractor), fid_extractor_kind="generic",
+                     memorization_check=False, fid_reference="training")
+    _run([STAGE1, STAGE2, QUICKSTART, EVALUATE], "evaluate", eval_output_dir=str(tmp_path / "eval"),
+         **overrides).finalize()
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    lists = json.loads((out / "datalist.json").read_text())
+    metrics = report["metrics"]
+    assert report["sampling"]["fid_reference"] == "training"
+    assert metrics["g_fid_num_real"] == len(lists["training"]) != len(lists["validation"])
+    assert metrics["g_fid_num_fake"] == report["num_images"] == len(lists["validation"])
+    assert isinstance(metrics["g_fid"], float) and metrics["g_fid"] >= 0
+    (cache,) = (out / "fid_reference").glob("fid_reference_training_*.pt")
+    saved = torch.load(cache, weights_only=True)
+    assert saved["count"] == len(lists["training"])
+    # a second evaluation reads the cache (same g-FID: same seed, same generated images, same reference)
+    stamp = cache.stat().st_mtime_ns
+    _run([STAGE1, STAGE2, QUICKSTART, EVALUATE], "evaluate", eval_output_dir=str(tmp_path / "eval2"),
+         **overrides).finalize()
+    again = json.loads((tmp_path / "eval2" / "metrics.json").read_text())["metrics"]
+    assert cache.stat().st_mtime_ns == stamp and again["g_fid"] == pytest.approx(metrics["g_fid"], rel=1e-9)
+    with pytest.raises(Exception) as info:
+        _run([STAGE1, STAGE2, QUICKSTART, EVALUATE], "evaluate", eval_output_dir=str(tmp_path / "eval3"),
+             **{**overrides, "fid_reference": "train"}).finalize()
+    cause = info.value
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    assert isinstance(cause, ValueError) and "--fid_reference" in str(cause)
+
+
 def test_stage2_on_the_fly_tokenization_matches_the_precomputed_tokens(trained):
     # the two prepare-batch paths feed the generator the same tokens for the same (unaugmented) images
     out, _, _ = trained
