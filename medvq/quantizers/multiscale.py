@@ -38,7 +38,6 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.networks.layers.factories import Conv
 from torch import nn
 
 from medvq.metrics.coverage import perplexity_from_counts
@@ -83,6 +82,10 @@ class _Phi(nn.Module):
 
     def __init__(self, spatial_dims: int, channels: int, ratio: float) -> None:
         super().__init__()
+        # MONAI's Conv factory, imported here: at module level it made `import medvq.quantizers` cost ~7 s of MONAI
+        # imports for code (k-means, the search) that needs only torch
+        from monai.networks.layers.factories import Conv
+
         self.conv = Conv[Conv.CONV, spatial_dims](channels, channels, kernel_size=3, padding=1)
         self.ratio = float(ratio)
 
