@@ -11,11 +11,14 @@ a one-hot ``(N, K)`` encoding; ``benchmarks/quantizer.py`` measures the differen
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import torch
 
-__all__ = ["NearestCodes", "nearest_codes", "DEFAULT_CHUNK_SIZE"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "NearestCodes", "nearest_codes"]
 
 #: Default bound on the number of elements of one distance block (2**20 float32 = 4 MiB). With CODE_BLOCK it was
 #: the fastest setting measured by ``python benchmarks/search_blocks.py`` on a 2-core CPU (table and figures in
@@ -23,6 +26,9 @@ __all__ = ["NearestCodes", "nearest_codes", "DEFAULT_CHUNK_SIZE"]
 DEFAULT_CHUNK_SIZE = 2**20
 #: Largest number of codes in one distance block (see the blocking comment in :func:`nearest_codes`).
 CODE_BLOCK = 2048
+#: A CPU search of at least this many (row, code) pairs is split into row ranges searched by independent
+#: single-threaded workers, one per intra-op thread (see :func:`_search_in_workers`); 0 never splits.
+WORKER_MIN_PAIRS = 2**22
 
 
 class NearestCodes(NamedTuple):
@@ -49,8 +55,9 @@ def nearest_codes(
 
     ``||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2``; the ``||x||^2`` term does not change the argmin, so each block
     computes ``||c||^2 - 2 x.c`` with one ``addmm`` and takes the row minimum; blocks of codes are merged by a
-    running minimum. Peak extra memory is one ``(rows, codes)`` block with ``rows * codes <= chunk_size`` (at
-    least one row).
+    running minimum. On the CPU with more than one code block, the first pass keeps only minimum values and a second
+    pass finds the index inside each row's winning block (see :func:`_search_values_then_indices`). Peak extra memory
+    is one ``(rows, codes)`` block with ``rows * codes <= chunk_size`` (at least one row).
 
     Args:
         x: ``(N, D)`` floating tensor of queries.
@@ -78,24 +85,61 @@ def nearest_codes(
     codebook_t = codebook.t()  # (D, K)
     # 2-D blocking: code blocks of at most CODE_BLOCK codes, row blocks filling the rest of chunk_size; a block that
     # stays in cache is reduced faster (benchmarks/search_blocks.py: 512 x 2048 blocks beat 64 x 16384 by ~1.2x)
-    if torch.jit.is_tracing():
+    codes_per_block = min(num_codes, CODE_BLOCK, chunk_size)
+    rows_per_block = max(1, chunk_size // codes_per_block)
+    # the two-pass search pays off on the CPU, where min with indices is the slow kernel; on a GPU it would add a
+    # host sync (the per-block row counts) for nothing, so GPUs keep the one-pass search
+    if torch.jit.is_tracing() or x.device.type != "cpu":
+        indices = _search_with_indices(x, codebook_t, c_sq, rows_per_block, codes_per_block)
+    else:
+        search = _search_with_indices if codes_per_block >= num_codes else _search_values_then_indices
+        if WORKER_MIN_PAIRS and num_rows * num_codes >= WORKER_MIN_PAIRS and torch.get_num_threads() > 1:
+            indices = _search_in_workers(search, x, codebook_t, c_sq, rows_per_block, codes_per_block,
+                                         torch.get_num_threads())
+        else:
+            indices = search(x, codebook_t, c_sq, rows_per_block, codes_per_block)
+    distances = None
+    if return_distances:
+        # recomputed from the differences: the expanded form loses ~1e-7 * ||x||^2 to cancellation, which would hide
+        # exact duplicates (distance 0) and the farthest points k-means re-seeds from; in row blocks, so that the
+        # (rows, D) difference stays small
+        if torch.jit.is_tracing():
+            distances = (x - codebook[indices]).square().sum(1)
+        else:
+            distances = torch.empty(num_rows, dtype=x.dtype, device=x.device)
+            step = max(rows_per_block, 1 << 14)
+            for start in range(0, num_rows, step):
+                rows = slice(start, start + step)
+                distances[rows] = (x[rows] - codebook[indices[rows]]).square().sum(1)
+    return NearestCodes(indices, distances)
+
+
+def _block(x_rows: torch.Tensor, codebook_t: torch.Tensor, c_sq: torch.Tensor, k0: int, k1: int) -> torch.Tensor:
+    """``||c||^2 - 2 x.c`` of some rows against codes ``k0:k1``: one fused GEMM, ``(rows, k1 - k0)``."""
+    return torch.addmm(c_sq[k0:k1], x_rows, codebook_t[:, k0:k1], beta=1.0, alpha=-2.0)
+
+
+def _search_with_indices(
+    x: torch.Tensor, codebook_t: torch.Tensor, c_sq: torch.Tensor, rows_per_block: int, codes_per_block: int
+) -> torch.Tensor:
+    """One pass: every block reduced by ``min`` with indices, code blocks merged by a running minimum.
+
+    Used when all codes fit one block (nothing to save by the two-pass search) and while tracing: the graph must not
+    depend on the data (the two-pass search groups rows by their winning block)."""
+    num_rows, num_codes = x.shape[0], codebook_t.shape[1]
+    tracing = torch.jit.is_tracing()
+    if tracing:
         # tracing unrolls the Python loops for the example's size: a graph traced on a small batch would leave the
         # rows of a larger one unassigned, so a traced search takes all rows in one block (unbounded memory, but
         # correct); the loop over code blocks stays, since K is fixed
-        chunk_size = max(num_rows, 1) * max(num_codes, 1)
-    codes_per_block = min(num_codes, CODE_BLOCK, chunk_size)
-    rows_per_block = max(1, chunk_size // codes_per_block)
-    tracing = torch.jit.is_tracing()
+        rows_per_block = max(num_rows, 1)
     indices = torch.empty(num_rows, dtype=torch.long, device=x.device)
-    distances = torch.empty(num_rows, dtype=x.dtype, device=x.device) if return_distances else None
     for start in range(0, num_rows, rows_per_block):
         xb = x if tracing else x[start : start + rows_per_block]  # (n, D)
         best_value, best_index = None, None
         for k0 in range(0, num_codes, codes_per_block):
-            k1 = k0 + codes_per_block
-            block = torch.addmm(c_sq[k0:k1], xb, codebook_t[:, k0:k1], beta=1.0, alpha=-2.0)  # (n, k) ||c||^2 - 2x.c
             # .min(dim=1) beats .argmin(dim=1) on CPU (benchmarks/search_blocks.py: 2-3x); both keep the first minimum
-            value, index = block.min(dim=1)
+            value, index = _block(xb, codebook_t, c_sq, k0, k0 + codes_per_block).min(dim=1)
             if best_value is None:
                 best_value, best_index = value, index
             else:
@@ -105,10 +149,92 @@ def nearest_codes(
         if tracing:
             # one block of all rows: return it as is; a slice assignment would bake the example's row count into
             # the graph (a traced tokenizer must work for any batch size)
-            return NearestCodes(best_index, (xb - codebook[best_index]).square().sum(1) if return_distances else None)
+            return best_index
         indices[start : start + rows_per_block] = best_index
-        if distances is not None:
-            # recomputed from the differences: the expanded form loses ~1e-7 * ||x||^2 to cancellation, which
-            # would hide exact duplicates (distance 0) and the farthest points k-means re-seeds from
-            distances[start : start + rows_per_block] = (xb - codebook[best_index]).square().sum(1)
-    return NearestCodes(indices, distances)
+    return indices
+
+
+def _search_values_then_indices(
+    x: torch.Tensor, codebook_t: torch.Tensor, c_sq: torch.Tensor, rows_per_block: int, codes_per_block: int
+) -> torch.Tensor:
+    """Two passes: first the minimum *value* of every (row, code block) and the block that holds the row's minimum,
+    then the index inside that one block only.
+
+    Why: on the CPU ``min(dim=1)`` with indices costs ~5x ``amin(dim=1)`` (values only, vectorised;
+    ``benchmarks/search_blocks.py``), and it was half of a search's time. Here every block of the first pass is reduced
+    by ``amin``; in the second pass each row meets the codes of its winning block once more (one GEMM of ``1 / B`` of
+    the first pass's size for ``B`` code blocks) and only those are reduced with indices. The result is the same exact
+    search: the winning block is the first that holds the row's minimum (strict comparison), and inside it ``min``
+    keeps the first minimum, as an unblocked argmin does (up to the float rounding of a GEMM of another row count).
+    ``benchmarks/kmeans.py`` prints the gain on k-means against faiss, quiet and under load.
+    """
+    num_rows, num_codes = x.shape[0], codebook_t.shape[1]
+    best_value = torch.empty(num_rows, dtype=x.dtype, device=x.device)
+    best_block = torch.empty(num_rows, dtype=torch.long, device=x.device)
+    starts = range(0, num_codes, codes_per_block)
+    for start in range(0, num_rows, rows_per_block):
+        xb = x[start : start + rows_per_block]  # (n, D)
+        value, block = None, None
+        for b, k0 in enumerate(starts):
+            v = _block(xb, codebook_t, c_sq, k0, k0 + codes_per_block).amin(dim=1)
+            if value is None:
+                value, block = v, torch.zeros(v.shape, dtype=torch.long, device=x.device)
+            else:
+                better = v < value  # strict: ties keep the earlier block, so the lower code index
+                value = torch.where(better, v, value)
+                block.masked_fill_(better, b)
+        best_value[start : start + rows_per_block] = value
+        best_block[start : start + rows_per_block] = block
+    indices = torch.empty(num_rows, dtype=torch.long, device=x.device)
+    order = torch.argsort(best_block, stable=True)  # rows grouped by their winning block
+    counts = torch.bincount(best_block, minlength=len(starts)).tolist()
+    offset = 0
+    for b, count in enumerate(counts):
+        k0 = starts[b]
+        for r0 in range(offset, offset + count, rows_per_block):
+            rows = order[r0 : min(r0 + rows_per_block, offset + count)]
+            indices[rows] = _block(x[rows], codebook_t, c_sq, k0, k0 + codes_per_block).min(dim=1).indices + k0
+        offset += count
+    return indices
+
+
+
+_THREADS_LOCK = threading.Lock()
+
+
+def _search_in_workers(
+    search: Callable[..., torch.Tensor], x: torch.Tensor, codebook_t: torch.Tensor, c_sq: torch.Tensor,
+    rows_per_block: int, codes_per_block: int, workers: int,
+) -> torch.Tensor:
+    """``search`` over ``workers`` contiguous row ranges, each in its own thread with one intra-op thread.
+
+    Why: every torch op of the search is one OpenMP parallel region that ends in a barrier, and a search is thousands
+    of short ops (a GEMM and a reduction per block, ~0.1-1 ms each). On a machine whose cores are shared with other
+    processes, the scheduler takes a team thread off its core for a whole time slice (milliseconds) and the team
+    waits at every barrier: the one-team search took 3.2x its quiet time with one busy process per core, against
+    1.8x for independent single-threaded workers, which never wait for each other before the end
+    (``benchmarks/kmeans.py`` prints both, quiet and loaded). The GIL is released inside each op, so the workers run
+    in parallel.
+
+    ``torch.set_num_threads(1)`` in a worker sets that thread's OpenMP and MKL thread counts; it also stores 1 in
+    PyTorch's process-wide default for threads that start afterwards, so the caller's count is put back as soon as
+    the workers are done. The calling thread's own count is never changed.
+    """
+    num_rows = x.shape[0]
+    indices = torch.empty(num_rows, dtype=torch.long, device=x.device)
+    bounds = [(w * num_rows // workers, (w + 1) * num_rows // workers) for w in range(workers)]
+
+    def work(bound: tuple[int, int]) -> None:
+        torch.set_num_threads(1)
+        r0, r1 = bound
+        with torch.no_grad():  # grad mode is per thread: the caller's no_grad does not reach the workers
+            indices[r0:r1] = search(x[r0:r1], codebook_t, c_sq, rows_per_block, codes_per_block)
+
+    with _THREADS_LOCK:  # one split search at a time: a second one would read the workers' default of 1
+        caller_threads = torch.get_num_threads()
+        try:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medvq-search") as pool:
+                list(pool.map(work, bounds))  # re-raises a worker's exception here
+        finally:
+            torch.set_num_threads(caller_threads)
+    return indices

@@ -55,3 +55,60 @@ def test_errors():
         nearest_codes(torch.randn(4), torch.randn(5, 2))
     with pytest.raises(ValueError, match="chunk_size must be >= 1"):
         nearest_codes(torch.randn(4, 2), torch.randn(5, 2), chunk_size=0)
+
+
+def test_two_pass_search_equals_the_one_pass_search_and_keeps_the_first_minimum():
+    """The CPU's two-pass search (block minima by value, then the index inside the winning block) gives the one-pass
+    search's indices, and on exact ties the lowest code index, within a block and across blocks."""
+    from medvq.quantizers import search
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3000, 8, generator=g)
+    codes = torch.randn(5000, 8, generator=g)
+    # duplicates: code 4321 (in a later block) repeats code 17, and code 18 repeats code 17 inside its block
+    codes[4321] = codes[17]
+    codes[18] = codes[17]
+    x[:5] = codes[17]  # rows whose nearest codes are the three exact duplicates
+    c_sq = (codes * codes).sum(1)
+    one = search._search_with_indices(x, codes.t(), c_sq, 512, 1024)
+    two = search._search_values_then_indices(x, codes.t(), c_sq, 512, 1024)
+    assert torch.equal(one, two)
+    assert two[:5].tolist() == [17] * 5
+    brute = ((x[:, None, :] - codes[None]) ** 2).sum(-1).argmin(1)
+    assert torch.equal(two[5:], brute[5:])
+    # nearest_codes takes the two-pass path here (several code blocks on the CPU) and agrees too
+    assert torch.equal(nearest_codes(x, codes, chunk_size=512 * 1024).indices, two)
+
+
+def test_large_cpu_searches_split_over_single_threaded_workers_without_changing_the_callers_threads(monkeypatch):
+    """Above WORKER_MIN_PAIRS a CPU search runs in independent single-threaded workers (robust on shared cores):
+    the same indices as one team, and neither the caller's thread count nor the default of later threads change."""
+    import threading
+
+    from medvq.quantizers import search
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2000, 8, generator=g, requires_grad=True)
+    codes = torch.randn(3000, 8, generator=g)
+    calls = []
+    real = search._search_in_workers
+    monkeypatch.setattr(search, "_search_in_workers", lambda *a: calls.append(a[-1]) or real(*a))
+    monkeypatch.setattr(search, "WORKER_MIN_PAIRS", 2000 * 3000)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        split = search.nearest_codes(x, codes, chunk_size=256 * 1024, return_distances=True)
+        assert calls == [2]
+        assert torch.get_num_threads() == 2
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        assert seen == [2]  # the process-wide default is back for threads that start later
+        monkeypatch.setattr(search, "WORKER_MIN_PAIRS", 0)
+        team = search.nearest_codes(x, codes, chunk_size=256 * 1024, return_distances=True)
+    finally:
+        torch.set_num_threads(before)
+    assert calls == [2]  # 0 never splits
+    assert torch.equal(split.indices, team.indices)
+    assert torch.equal(split.distances, team.distances) and not split.distances.requires_grad
