@@ -46,13 +46,16 @@ def inertia_of(x, centroids) -> float:
     return float(nearest_codes(x, centroids, return_distances=True).distances.double().sum())
 
 
-def run_contender(name: str, n: int, d: int, k: int, iterations: int, seed: int) -> dict:
+def run_contender(name: str, n: int, d: int, k: int, iterations: int, seed: int,
+                  worker_min_pairs: int | None = None) -> dict:
     import torch
 
     x = make_data(n, d)
     if name.startswith("medvq"):
         from medvq.quantizers import kmeans, search
 
+        if worker_min_pairs is not None:
+            search.WORKER_MIN_PAIRS = worker_min_pairs
         if name in ("medvq-one-team", "medvq-one-pass"):
             search.WORKER_MIN_PAIRS = 0  # one OpenMP team for the whole search, as before the worker split
         if name == "medvq-one-pass":
@@ -110,13 +113,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--load", type=int, default=None,
                         help="busy processes of the loaded run (default: one per core); 0 runs the quiet case only")
+    parser.add_argument("--worker_min_pairs", type=int, default=None,
+                        help="medvq's WORKER_MIN_PAIRS for this run (default: the library's)")
     parser.add_argument("--baselines", action="store_true",
                         help=f"also run medvq's earlier searches {BASELINES} and print medvq's ratio to each")
     args = parser.parse_args()
     shape = ["--n", str(args.n), "--d", str(args.d), "--k", str(args.k), "--iterations", str(args.iterations),
              "--seed", str(args.seed)]
+    if args.worker_min_pairs is not None:
+        shape += ["--worker_min_pairs", str(args.worker_min_pairs)]
     if args.contender:
-        print(json.dumps(run_contender(args.contender, args.n, args.d, args.k, args.iterations, args.seed)))
+        print(json.dumps(run_contender(args.contender, args.n, args.d, args.k, args.iterations, args.seed,
+                                       args.worker_min_pairs)))
         return
     contenders = ["medvq", *(BASELINES if args.baselines else ())]
     try:

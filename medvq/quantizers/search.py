@@ -27,8 +27,11 @@ DEFAULT_CHUNK_SIZE = 2**20
 #: Largest number of codes in one distance block (see the blocking comment in :func:`nearest_codes`).
 CODE_BLOCK = 2048
 #: A CPU search of at least this many (row, code) pairs is split into row ranges searched by independent
-#: single-threaded workers, one per intra-op thread (see :func:`_search_in_workers`); 0 never splits.
-WORKER_MIN_PAIRS = 2**22
+#: single-threaded workers, one per intra-op thread (see :func:`_search_in_workers`); 0 never splits. 2**28 takes in
+#: k-means at the switch (131072 x 16384 = 2**31 per Lloyd pass) but not a quantizer's forward at the sizes of
+#: ``benchmarks/quantizer.py`` (16384 x 8192 = 2**27), where the workers gained nothing on a quiet machine and their
+#: threads' malloc arenas raised the step's peak memory from ~50 MB to ~106 MB.
+WORKER_MIN_PAIRS = 2**28
 
 
 class NearestCodes(NamedTuple):

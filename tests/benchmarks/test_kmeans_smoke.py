@@ -1,4 +1,4 @@
-"""benchmarks/kmeans.py at a small size (K above one code block, N x K above the worker split's threshold, so every
+"""benchmarks/kmeans.py at a small size (K above one code block, and the worker split's threshold lowered, so every
 variant takes its own path): every medvq search variant runs and all give the same k-means (the same inertia: the
 searches agree); the load the benchmark starts itself is one busy process each, gone after."""
 
@@ -16,7 +16,8 @@ SCRIPT = ROOT / "benchmarks" / "kmeans.py"
 
 def test_smoke_runs_every_search_with_the_same_result():
     out = subprocess.run([sys.executable, str(SCRIPT), "--n", "4096", "--k", "2304", "--iterations", "1",
-                          "--baselines", "--load", "0"], capture_output=True, text=True, timeout=300, check=True)
+                          "--baselines", "--load", "0",
+                          "--worker_min_pairs", "1"], capture_output=True, text=True, timeout=300, check=True)
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     medvq = [r for r in rows if r["contender"].startswith("medvq")]
     assert {(r["contender"], r["busy_processes"]) for r in medvq} == {
