@@ -127,8 +127,8 @@ def _search_with_indices(
 ) -> torch.Tensor:
     """One pass: every block reduced by ``min`` with indices, code blocks merged by a running minimum.
 
-    Used when all codes fit one block (nothing to save by the two-pass search) and while tracing: the graph must not
-    depend on the data (the two-pass search groups rows by their winning block)."""
+    Used when all codes fit one block (nothing to save by the two-pass search), on GPUs, and while tracing: the graph
+    must not depend on the data (the two-pass search groups rows by their winning block)."""
     num_rows, num_codes = x.shape[0], codebook_t.shape[1]
     tracing = torch.jit.is_tracing()
     if tracing:
@@ -172,7 +172,6 @@ def _search_values_then_indices(
     ``benchmarks/kmeans.py`` prints the gain on k-means against faiss, quiet and under load.
     """
     num_rows, num_codes = x.shape[0], codebook_t.shape[1]
-    best_value = torch.empty(num_rows, dtype=x.dtype, device=x.device)
     best_block = torch.empty(num_rows, dtype=torch.long, device=x.device)
     starts = range(0, num_codes, codes_per_block)
     for start in range(0, num_rows, rows_per_block):
@@ -186,7 +185,6 @@ def _search_values_then_indices(
                 better = v < value  # strict: ties keep the earlier block, so the lower code index
                 value = torch.where(better, v, value)
                 block.masked_fill_(better, b)
-        best_value[start : start + rows_per_block] = value
         best_block[start : start + rows_per_block] = block
     indices = torch.empty(num_rows, dtype=torch.long, device=x.device)
     order = torch.argsort(best_block, stable=True)  # rows grouped by their winning block
