@@ -84,6 +84,13 @@ class DeferredQuantizationHandler:
             restore the scheduler's rate after each step). The decoder suddenly sees quantized latents at the switch,
             and full-rate steps then move the encoder's residuals away from the codes just born. 0 (default) = none.
             Not checkpointed: a run resumed inside the warm-up continues at full rate.
+        freeze_encoder_iterations: after the switch, leave everything before the decoder (the tokenizer's
+            ``encoder``, ``quant_conv`` and the quantizer's trainable parameters) unchanged by the next ``N`` optimizer
+            steps (their gradients are dropped before each step, so Adam neither moves them nor updates their
+            moments), so that the latents keep the distribution the codebook was born from while the decoder learns
+            to read the quantized latents. An EMA codebook still follows its assigned latents. 0 (default) = none,
+            -1 = until the run ends. Not checkpointed: a run resumed after the switch trains the encoder again
+            (docs/results.md measures the recipe on the multi-scale tokenizer).
 
     After the switch, ``engine.state.deferred_switch`` holds a dict (iteration, epoch, num_samples, init, inertia,
     seconds, usage, reset_parameters), which is also logged.
@@ -110,6 +117,7 @@ class DeferredQuantizationHandler:
         summary_writer: Any = None,
         run_info_dir: str | None = None,
         warmup_iterations: int = 0,
+        freeze_encoder_iterations: int = 0,
     ) -> None:
         if unit not in _UNITS:
             raise ValueError(f"unit must be one of {_UNITS}, got {unit!r}.")
@@ -125,6 +133,10 @@ class DeferredQuantizationHandler:
             raise ValueError(f"auto_max must be None or an integer >= auto_min ({auto_min}), got {auto_max!r}.")
         if isinstance(warmup_iterations, bool) or not isinstance(warmup_iterations, int) or warmup_iterations < 0:
             raise ValueError(f"warmup_iterations must be an integer >= 0 (0 = none), got {warmup_iterations!r}.")
+        if (isinstance(freeze_encoder_iterations, bool) or not isinstance(freeze_encoder_iterations, int)
+                or freeze_encoder_iterations < -1):
+            raise ValueError("freeze_encoder_iterations must be an integer >= -1 (0 = none, -1 = until the run ends), "
+                             f"got {freeze_encoder_iterations!r}.")
         if not 0 <= auto_tolerance < 1:
             raise ValueError(f"auto_tolerance must be in [0, 1), got {auto_tolerance!r}.")
         if num_samples < 1:
@@ -152,7 +164,9 @@ class DeferredQuantizationHandler:
         self.summary_writer = summary_writer
         self.run_info_dir = run_info_dir
         self.warmup_iterations = warmup_iterations
+        self.freeze_encoder_iterations = freeze_encoder_iterations
         self._warmup_hooks: list[Any] = []
+        self._freeze_hooks: list[Any] = []
         self.curve: list[tuple[int, int, float]] = []  # (iteration, progress in unit, effective dimension)
         self._probe: torch.Tensor | None = None
         self._best = -math.inf
@@ -382,6 +396,28 @@ class DeferredQuantizationHandler:
 
         self._warmup_hooks = [optimizer.register_step_pre_hook(before), optimizer.register_step_post_hook(after)]
 
+    def _start_encoder_freeze(self, optimizer: Optimizer | None) -> None:
+        if optimizer is None:
+            self.logger.warning("deferred quantization: no optimizer for the post-switch encoder freeze (pass optimizer=).")
+            return
+        tokenizer = unwrap_model(self.network)
+        frozen = [p for name in ("encoder", "quant_conv", "quantizer") if hasattr(tokenizer, name)
+                  for p in getattr(tokenizer, name).parameters()]
+        steps = [0]
+
+        def before(opt: Optimizer, args: Any, kwargs: Any) -> None:
+            for p in frozen:
+                p.grad = None  # Adam (and any torch optimizer) skips a parameter without a gradient
+
+        def after(opt: Optimizer, args: Any, kwargs: Any) -> None:
+            steps[0] += 1
+            if 0 < self.freeze_encoder_iterations <= steps[0]:  # -1: never released
+                for hook in self._freeze_hooks:
+                    hook.remove()
+                self._freeze_hooks.clear()
+
+        self._freeze_hooks = [optimizer.register_step_pre_hook(before), optimizer.register_step_post_hook(after)]
+
     def reset_optimizer_state(self, engine: Engine) -> int:
         """Drop the optimizer state of the quantizer's parameters (they start the quantized phase as with a fresh
         optimizer); returns the number of parameters reset."""
@@ -413,8 +449,11 @@ class DeferredQuantizationHandler:
             )
         report = quantizer.activate(samples, init=self.init, seed=self.seed)
         reset = self.reset_optimizer_state(engine)
+        optimizer = self.optimizer if self.optimizer is not None else getattr(engine, "optimizer", None)
         if self.warmup_iterations > 0:
-            self._start_warmup(self.optimizer if self.optimizer is not None else getattr(engine, "optimizer", None))
+            self._start_warmup(optimizer)
+        if self.freeze_encoder_iterations != 0:
+            self._start_encoder_freeze(optimizer)
         info: dict[str, Any] = {
             "iteration": engine.state.iteration,
             "epoch": engine.state.epoch,

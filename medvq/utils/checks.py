@@ -228,6 +228,7 @@ _RULES: dict[str, Rule] = {
     "grad_clip_norm": _optional(_number(0, low_open=True), "no clipping"),
     "codebook_lr_scale": _number(0),
     "switch_warmup_iterations": _integer(0),
+    "switch_freeze_encoder_iterations": _integer(-1, hint=" (0 = off, -1 = until the run ends)"),
     # tokenizer and codebook
     "network_preset": _choice(_vq_presets, "a preset"),
     "tokenizer_preset": _choice(MULTISCALE_PRESETS, "a multi-scale tokenizer preset"),

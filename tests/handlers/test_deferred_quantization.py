@@ -337,3 +337,46 @@ def test_post_switch_warmup_scales_the_learning_rate_then_restores_it():
     # steps 1-2 before the switch at full rate, then 1/4, 2/4, 3/4, 4/4 of the scheduler's rate, then full again
     assert factors == pytest.approx([1.0, 1.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0], abs=1e-5)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**8)  # the scheduler's chain is intact
+
+
+def test_post_switch_encoder_freeze_leaves_the_encoder_side_unchanged_then_releases_it():
+    """freeze_encoder_iterations: for N optimizer steps after the switch the encoder, quant_conv and quantizer do
+    not move (and Adam keeps no moments for them), while the decoder trains; afterwards all train again."""
+    from ignite.engine import Engine
+
+    torch.manual_seed(0)
+    net = vqgan_tiny(num_embeddings=16, embedding_dim=4, quantize=False)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    data = [{"image": torch.rand(2, 3, 16, 16) * 2 - 1}]
+    encoder_side = [p for name in ("encoder", "quant_conv", "quantizer") for p in getattr(net, name).parameters()]
+    decoder_side = list(net.decoder.parameters())
+    moved = []
+
+    def step(engine, batch):
+        optimizer.zero_grad()
+        net(batch["image"]).square().mean().backward()
+        before_enc = [p.detach().clone() for p in encoder_side]
+        before_dec = [p.detach().clone() for p in decoder_side]
+        optimizer.step()
+        moved.append((any(not torch.equal(a, p) for a, p in zip(before_enc, encoder_side)),
+                      any(not torch.equal(a, p) for a, p in zip(before_dec, decoder_side))))
+
+    engine = Engine(step)
+    DeferredQuantizationHandler(net, start=2, num_samples=64, data_loader=data, optimizer=optimizer,
+                                freeze_encoder_iterations=3).attach(engine)
+    engine.run(data * 7, max_epochs=1)
+    # steps 1-2 before the switch: all train; the switch fires after step 2; steps 3-5 frozen; 6-7 all train
+    assert moved == [(True, True)] * 2 + [(False, True)] * 3 + [(True, True)] * 2
+    # -1: frozen until the run ends
+    net = vqgan_tiny(num_embeddings=16, embedding_dim=4, quantize=False)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    encoder_side = [p for name in ("encoder", "quant_conv", "quantizer") for p in getattr(net, name).parameters()]
+    decoder_side = list(net.decoder.parameters())
+    moved.clear()
+    engine = Engine(step)
+    DeferredQuantizationHandler(net, start=2, num_samples=64, data_loader=data, optimizer=optimizer,
+                                freeze_encoder_iterations=-1).attach(engine)
+    engine.run(data * 7, max_epochs=1)
+    assert moved == [(True, True)] * 2 + [(False, True)] * 5
+    with pytest.raises(ValueError, match="freeze_encoder_iterations must be an integer >= -1"):
+        DeferredQuantizationHandler(net, start=2, freeze_encoder_iterations=-2)
