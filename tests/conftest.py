@@ -18,6 +18,16 @@ VAR_TINY = {"image_size": 32, "scales": [1, 2, 4, 8], "num_embeddings": 32, "emb
 VAR_SAMPLE = {"sample_conditions": ["G", "D+H"], "samples_per_condition": 3, "sample_batch_size": 2, "sample_seed": 7}
 
 
+def load_benchmark(name: str):
+    """The script ``benchmarks/<name>.py`` imported as a module (benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_bundle(configs, run_id, meta_file, **overrides):
     from monai.bundle import ConfigWorkflow
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from medvq.metrics.fid import FeatureStatistics
+from medvq.metrics.fid import FeatureStatistics, _sha256
 from medvq.utils.distributed import all_reduce_sum_, rank, world_size
 
 __all__ = ["FID_REFERENCES", "gfid_reference_statistics", "reference_statistics"]
@@ -35,14 +35,6 @@ __all__ = ["FID_REFERENCES", "gfid_reference_statistics", "reference_statistics"
 FID_REFERENCES = ("evaluation", "training")
 
 _LOG = logging.getLogger(__name__)
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _cache_key(datalist_sha256: str, key: str, extractor_sha256: str, preprocessing: Any) -> dict[str, Any]:
@@ -99,7 +91,7 @@ def reference_statistics(
         raise ValueError(f"fid reference: {datalist} lists {len(items)} image(s) under {key!r}; FID needs at least 2.")
     info = getattr(extractor, "info", None)
     extractor_sha = getattr(info, "sha256", None) or "unidentified"
-    wanted = _cache_key(_file_sha256(datalist), key, extractor_sha, preprocessing)
+    wanted = _cache_key(_sha256(datalist), key, extractor_sha, preprocessing)
     cache_file = None
     if cache_dir is not None and extractor_sha != "unidentified":
         name = hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]

@@ -4,20 +4,13 @@ timings."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "data_pipeline.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def data_pipeline():
-    spec = importlib.util.spec_from_file_location("data_pipeline_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("data_pipeline")
 
 
 def test_smoke_prints_every_variant_and_a_verdict(data_pipeline, tmp_path, capsys):

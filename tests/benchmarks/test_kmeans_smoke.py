@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT
+from conftest import ROOT, load_benchmark
 
 SCRIPT = ROOT / "benchmarks" / "kmeans.py"
 
@@ -29,11 +29,7 @@ def test_smoke_runs_every_search_with_the_same_result():
 
 
 def test_the_competing_load_runs_one_busy_process_each_and_stops_them():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("kmeans_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("kmeans")
     before = set(_spinners())
     with module.competing_load(2):
         assert len(set(_spinners()) - before) == 2

@@ -4,14 +4,12 @@ report's shape, never the timings."""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import re
-from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "train_step.py"
 RATIO = r"\s+\d+\.\d{3}x the hand-written loop$"
 TOKENIZER_ROWS = ("hand-written loop", "TokenizerTrainer (no handlers)", "TokenizerTrainer + bundle handlers")
 VAR_ROWS = ("hand-written loop", "SupervisedTrainer (clip + lr handlers)", "SupervisedTrainer + bundle handlers")
@@ -19,10 +17,7 @@ VAR_ROWS = ("hand-written loop", "SupervisedTrainer (clip + lr handlers)", "Supe
 
 @pytest.fixture(scope="module")
 def train_step():
-    spec = importlib.util.spec_from_file_location("train_step_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("train_step")
 
 
 def _rows(lines: list[str], unit_pattern: str) -> list[str]:
