@@ -141,7 +141,8 @@ def _search_with_indices(
         xb = x if tracing else x[start : start + rows_per_block]  # (n, D)
         best_value, best_index = None, None
         for k0 in range(0, num_codes, codes_per_block):
-            # .min(dim=1) beats .argmin(dim=1) on CPU (benchmarks/search_blocks.py: 2-3x); both keep the first minimum
+            # .min(dim=1): 2.7x faster than .argmin(dim=1) on one CPU, 0.83x on another (benchmarks/search_blocks.py,
+            # docs/benchmarks.md); both keep the first minimum
             value, index = _block(xb, codebook_t, c_sq, k0, k0 + codes_per_block).min(dim=1)
             if best_value is None:
                 best_value, best_index = value, index
@@ -163,8 +164,8 @@ def _search_values_then_indices(
     """Two passes: first the minimum *value* of every (row, code block) and the block that holds the row's minimum,
     then the index inside that one block only.
 
-    Why: on the CPU ``min(dim=1)`` with indices costs ~5x ``amin(dim=1)`` (values only, vectorised;
-    ``benchmarks/search_blocks.py``), and it was half of a search's time. Here every block of the first pass is reduced
+    Why: on the CPU ``min(dim=1)`` with indices costs 5-22x ``amin(dim=1)`` (values only, vectorised;
+    ``benchmarks/search_blocks.py`` on two CPUs), and it was half of a search's time. Here every block of the first pass is reduced
     by ``amin``; in the second pass each row meets the codes of its winning block once more (one GEMM of ``1 / B`` of
     the first pass's size for ``B`` code blocks) and only those are reduced with indices. The result is the same exact
     search: the winning block is the first that holds the row's minimum (strict comparison), and inside it ``min``
