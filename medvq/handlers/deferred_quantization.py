@@ -83,14 +83,16 @@ class DeferredQuantizationHandler:
             ``N`` optimizer steps (``i = 1 .. N``), on top of any scheduler (through the optimizer's step hooks, which
             restore the scheduler's rate after each step). The decoder suddenly sees quantized latents at the switch,
             and full-rate steps then move the encoder's residuals away from the codes just born. 0 (default) = none.
-            Not checkpointed: a run resumed inside the warm-up continues at full rate.
+            A run resumed inside the warm-up continues it where it stopped (see ``freeze_encoder_iterations``).
         freeze_encoder_iterations: after the switch, leave everything before the decoder (the tokenizer's
             ``encoder``, ``quant_conv`` and the quantizer's trainable parameters) unchanged by the next ``N`` optimizer
             steps (their gradients are dropped before each step, so Adam neither moves them nor updates their
             moments), so that the latents keep the distribution the codebook was born from while the decoder learns
             to read the quantized latents. An EMA codebook still follows its assigned latents. 0 (default) = none,
-            -1 = until the run ends. Not checkpointed: a run resumed after the switch trains the encoder again
-            (docs/results.md measures the recipe on the multi-scale tokenizer).
+            -1 = until the run ends. A run resumed after the switch freezes again for the steps that are left:
+            the switch's iteration is read back from ``run_info.json`` (``run_info_dir``); without it, ``-1`` still
+            freezes and a count ``N`` is skipped with a warning (docs/results.md measures the recipe on the
+            multi-scale tokenizer).
 
     After the switch, ``engine.state.deferred_switch`` holds a dict (iteration, epoch, num_samples, init, inertia,
     seconds, usage, reset_parameters), which is also logged.
@@ -191,6 +193,7 @@ class DeferredQuantizationHandler:
         self.check_reachable(engine)
         engine.add_event_handler(Events.STARTED, self.check_reachable)  # a plain Ignite engine knows its run now
         engine.add_event_handler(Events.STARTED, self)  # start=0, or a resumed run already past start
+        engine.add_event_handler(Events.STARTED, self._resume_after_switch)  # a run resumed after the switch
         event = Events.ITERATION_COMPLETED if self.unit == "iterations" else Events.EPOCH_COMPLETED
         engine.add_event_handler(event, self)
         engine.add_event_handler(Events.COMPLETED, self._warn_if_never_fired)
@@ -373,11 +376,57 @@ class DeferredQuantizationHandler:
             samples = samples[subset.to(samples.device)]
         return samples
 
-    def _start_warmup(self, optimizer: Optimizer | None) -> None:
+    def _resume_after_switch(self, engine: Engine) -> None:
+        """Re-install the post-switch warm-up and encoder freeze in a run resumed after the switch (the quantizer is
+        active at STARTED and the engine is past iteration 0), for the optimizer steps that are left of them."""
+        if not self.fired or not engine.state.iteration or (self.warmup_iterations == 0
+                                                             and self.freeze_encoder_iterations == 0):
+            return
+        if self._warmup_hooks or self._freeze_hooks:
+            return  # already installed in this process (the switch fired in this run)
+        optimizer = self.optimizer if self.optimizer is not None else getattr(engine, "optimizer", None)
+        done = self._steps_since_switch(engine)
+        if self.freeze_encoder_iterations == -1:
+            self._start_encoder_freeze(optimizer)
+            self.logger.info("deferred quantization: resumed after the switch; the encoder stays frozen to the end.")
+        elif self.freeze_encoder_iterations > 0:
+            if done is None:
+                self.logger.warning(
+                    "deferred quantization: resumed after the switch, but its iteration is not in run_info.json "
+                    "(run_info_dir=%r), so the post-switch encoder freeze of %d steps is not resumed.",
+                    self.run_info_dir, self.freeze_encoder_iterations)
+            elif done < self.freeze_encoder_iterations:
+                self._start_encoder_freeze(optimizer, done=done)
+                self.logger.info("deferred quantization: resumed %d steps after the switch; the encoder stays frozen "
+                                 "for %d more.", done, self.freeze_encoder_iterations - done)
+        if self.warmup_iterations > 0:
+            if done is None:
+                self.logger.warning(
+                    "deferred quantization: resumed after the switch, but its iteration is not in run_info.json "
+                    "(run_info_dir=%r), so the post-switch warm-up is not resumed.", self.run_info_dir)
+            elif done < self.warmup_iterations:
+                self._start_warmup(optimizer, done=done)
+                self.logger.info("deferred quantization: resumed %d steps after the switch; the warm-up goes on for "
+                                 "%d more steps.", done, self.warmup_iterations - done)
+
+    def _steps_since_switch(self, engine: Engine) -> int | None:
+        """Optimizer steps taken since the switch (one per iteration), from the switch's iteration in run_info.json;
+        None when it is not recorded."""
+        if self.run_info_dir is None:
+            return None
+        from medvq.report.run_info import read_run_info  # report imports engines: import late
+
+        switch = read_run_info(self.run_info_dir).get("switch")
+        if not isinstance(switch, dict) or not isinstance(switch.get("iteration"), int):
+            return None
+        return max(0, int(engine.state.iteration) - switch["iteration"])
+
+    def _start_warmup(self, optimizer: Optimizer | None, done: int = 0) -> None:
+        """Install the warm-up hooks; ``done``: warm-up steps already taken (a resumed run)."""
         if optimizer is None:
             self.logger.warning("deferred quantization: no optimizer for the post-switch warm-up (pass optimizer=).")
             return
-        steps, saved = [0], []
+        steps, saved = [done], []
 
         def before(opt: Optimizer, args: Any, kwargs: Any) -> None:
             steps[0] += 1
@@ -396,14 +445,15 @@ class DeferredQuantizationHandler:
 
         self._warmup_hooks = [optimizer.register_step_pre_hook(before), optimizer.register_step_post_hook(after)]
 
-    def _start_encoder_freeze(self, optimizer: Optimizer | None) -> None:
+    def _start_encoder_freeze(self, optimizer: Optimizer | None, done: int = 0) -> None:
+        """Install the freeze hooks; ``done``: frozen steps already taken (a resumed run)."""
         if optimizer is None:
             self.logger.warning("deferred quantization: no optimizer for the post-switch encoder freeze (pass optimizer=).")
             return
         tokenizer = unwrap_model(self.network)
         frozen = [p for name in ("encoder", "quant_conv", "quantizer") if hasattr(tokenizer, name)
                   for p in getattr(tokenizer, name).parameters()]
-        steps = [0]
+        steps = [done]
 
         def before(opt: Optimizer, args: Any, kwargs: Any) -> None:
             for p in frozen:

@@ -380,3 +380,92 @@ def test_post_switch_encoder_freeze_leaves_the_encoder_side_unchanged_then_relea
     assert moved == [(True, True)] * 2 + [(False, True)] * 5
     with pytest.raises(ValueError, match="freeze_encoder_iterations must be an integer >= -1"):
         DeferredQuantizationHandler(net, start=2, freeze_encoder_iterations=-2)
+
+
+def _freeze_engine(net, optimizer, moved):
+    from ignite.engine import Engine
+
+    encoder_side = [p for name in ("encoder", "quant_conv", "quantizer") for p in getattr(net, name).parameters()]
+    decoder_side = list(net.decoder.parameters())
+
+    def step(engine, batch):
+        optimizer.zero_grad()
+        net(batch["image"]).square().mean().backward()
+        before_enc = [p.detach().clone() for p in encoder_side]
+        before_dec = [p.detach().clone() for p in decoder_side]
+        optimizer.step()
+        moved.append((any(not torch.equal(a, p) for a, p in zip(before_enc, encoder_side)),
+                      any(not torch.equal(a, p) for a, p in zip(before_dec, decoder_side))))
+
+    return Engine(step)
+
+
+@pytest.mark.parametrize("freeze, run_info, expected_after_resume, warns", [
+    (4, True, [(False, True)] * 2 + [(True, True)] * 2, False),  # 2 of 4 frozen steps before the kill, 2 after
+    (-1, False, [(False, True)] * 4, False),  # -1 needs no switch iteration
+    (4, False, [(True, True)] * 4, True),  # no run_info.json: the count cannot be resumed, and it says so
+])
+def test_a_run_resumed_after_the_switch_freezes_for_the_steps_that_are_left(tmp_path, caplog, freeze, run_info,
+                                                                             expected_after_resume, warns):
+    """Killed 2 steps after the switch at iteration 2 and resumed from its weights, optimizer and engine state (as
+    ResumeFromCheckpoint restores them), the encoder stays frozen for exactly the steps of the freeze that are left."""
+    torch.manual_seed(0)
+    data = [{"image": torch.rand(2, 3, 16, 16) * 2 - 1}] * 2
+    net = vqgan_tiny(num_embeddings=16, embedding_dim=4, quantize=False)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    moved = []
+    kwargs = dict(start=2, num_samples=64, data_loader=data, freeze_encoder_iterations=freeze,
+                  run_info_dir=str(tmp_path) if run_info else None)
+    first = _freeze_engine(net, optimizer, moved)
+    DeferredQuantizationHandler(net, optimizer=optimizer, **kwargs).attach(first)
+    first.run(data, max_epochs=2)  # iterations 1-4: the switch after 2, then 2 frozen steps
+    assert moved == [(True, True)] * 2 + [(False, True)] * 2
+    saved = {"net": net.state_dict(), "optimizer": optimizer.state_dict(), "engine": first.state_dict()}
+
+    torch.manual_seed(1)
+    resumed_net = vqgan_tiny(num_embeddings=16, embedding_dim=4, quantize=False)
+    resumed_net.load_state_dict(saved["net"])  # brings the quantizer's active flag: the switch does not fire again
+    resumed_optimizer = torch.optim.Adam(resumed_net.parameters(), lr=1e-3)
+    resumed_optimizer.load_state_dict(saved["optimizer"])
+    moved.clear()
+    second = _freeze_engine(resumed_net, resumed_optimizer, moved)
+    second.load_state_dict(saved["engine"])
+    calls = _count_activations(resumed_net)
+    DeferredQuantizationHandler(resumed_net, optimizer=resumed_optimizer, **kwargs).attach(second)
+    with caplog.at_level("WARNING", logger="medvq.handlers.deferred_quantization"):
+        second.run(data, max_epochs=4)  # iterations 5-8
+    assert calls == []
+    assert moved == expected_after_resume
+    assert ("encoder freeze of 4 steps is not resumed" in caplog.text) == warns
+
+
+def test_a_run_resumed_inside_the_post_switch_warmup_continues_it(tmp_path):
+    from ignite.engine import Engine
+
+    torch.manual_seed(0)
+    data = [{"image": torch.rand(2, 3, 16, 16) * 2 - 1}] * 2
+    factors = []
+
+    def run(net, optimizer, engine_state, max_epochs):
+        def step(engine, batch):
+            optimizer.zero_grad()
+            net.quant_conv.conv.bias.sum().backward()  # gradient 1 for this bias
+            before = net.quant_conv.conv.bias.detach().clone()
+            optimizer.step()
+            factors.append(round(float((before - net.quant_conv.conv.bias.detach())[0]) / 0.1, 6))
+
+        engine = Engine(step)
+        if engine_state is not None:
+            engine.load_state_dict(engine_state)
+        DeferredQuantizationHandler(net, start=2, num_samples=64, data_loader=data, optimizer=optimizer,
+                                    warmup_iterations=4, run_info_dir=str(tmp_path)).attach(engine)
+        engine.run(data, max_epochs=max_epochs)
+        return engine
+
+    net = vqgan_tiny(num_embeddings=16, embedding_dim=4, quantize=False)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    state = run(net, optimizer, None, 2).state_dict()  # the switch after 2, then 1/4, 2/4
+    resumed = vqgan_tiny(num_embeddings=16, embedding_dim=4, quantize=False)
+    resumed.load_state_dict(net.state_dict())
+    run(resumed, torch.optim.SGD(resumed.parameters(), lr=0.1), state, 4)  # 3/4, 4/4, then full rate
+    assert factors == pytest.approx([1.0, 1.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0], abs=1e-5)
