@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,3 +107,51 @@ def test_gfid_reference_knob(tmp_path):
         gfid_reference_statistics("train", extractor, datalist, _transform())
     with pytest.raises(FileNotFoundError, match="missing.json"):
         reference_statistics(tmp_path / "missing.json", extractor, _transform())
+
+
+# ---------------------------------------------------------------------------------------------- DDP
+_DDP_WORKER = """
+import sys
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, sys.argv[2])  # tests/metrics: the extractor and transform of test_fid_reference.py
+from test_fid_reference import _PoolExtractor, _transform  # noqa: E402
+
+from medvq.metrics import reference_statistics  # noqa: E402
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+out = {}
+for name in ("seven", "three"):
+    stats = reference_statistics(f"{sys.argv[1]}/{name}/datalist.json", _PoolExtractor(), _transform(),
+                                 cache_dir=f"{sys.argv[1]}/{name}/cache", batch_size=1, progress=False)
+    out[name] = {"count": stats.count, "sum": stats.sum, "outer": stats.outer}
+torch.save(out, f"{sys.argv[1]}/rank{rank}.pt")
+dist.destroy_process_group()
+"""
+
+
+def test_reference_statistics_are_reduced_over_four_gloo_ranks(tmp_path):
+    """4 ranks (real torchrun, gloo): every rank returns the whole split's statistics, equal to one process's, also
+    when a rank gets no image (3 images on 4 ranks); rank 0 writes the one cache file."""
+    for name, n in (("seven", 7), ("three", 3)):
+        (tmp_path / name).mkdir()
+        _datalist(tmp_path / name, n_train=n, n_val=2, seed=n)
+    worker = tmp_path / "worker.py"
+    worker.write_text(_DDP_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", str(worker),
+           str(tmp_path), str(Path(__file__).parent)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout}\n{proc.stderr}"
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(4)]
+    for name, n in (("seven", 7), ("three", 3)):
+        single = reference_statistics(tmp_path / name / "datalist.json", _PoolExtractor(), _transform(),
+                                      progress=False)
+        assert single.count == n
+        for r in ranks:
+            assert r[name]["count"] == n
+            torch.testing.assert_close(r[name]["sum"], single.sum, rtol=1e-12, atol=1e-12)  # float64 sums
+            torch.testing.assert_close(r[name]["outer"], single.outer, rtol=1e-12, atol=1e-12)
+        assert len(list((tmp_path / name / "cache").glob("fid_reference_training_*.pt"))) == 1
