@@ -89,13 +89,15 @@ class DeferredQuantizationHandler:
             steps (their gradients are dropped before each step, so Adam neither moves them nor updates their
             moments), so that the latents keep the distribution the codebook was born from while the decoder learns
             to read the quantized latents. An EMA codebook still follows its assigned latents. 0 (default) = none,
-            -1 = until the run ends. A run resumed after the switch freezes again for the steps that are left:
+            -1 = until the run ends. Not applied with ``start=0`` (kmeans_at_start): that encoder has not trained
+            yet, and freezing it would keep it untrained. A run resumed after the switch freezes again for the steps that are left:
             the switch's iteration is read back from ``run_info.json`` (``run_info_dir``); without it, ``-1`` still
             freezes and a count ``N`` is skipped with a warning (docs/results.md measures the recipe on the
             multi-scale tokenizer).
 
     After the switch, ``engine.state.deferred_switch`` holds a dict (iteration, epoch, num_samples, init, inertia,
-    seconds, usage, reset_parameters), which is also logged.
+    seconds, usage, reset_parameters, freeze_encoder_iterations and warmup_iterations as applied), which is also
+    logged.
     """
 
     def __init__(
@@ -174,6 +176,12 @@ class DeferredQuantizationHandler:
         self._best = -math.inf
         self._stalled = 0
         self.logger = logging.getLogger(__name__)
+
+    @property
+    def effective_freeze_iterations(self) -> int:
+        """``freeze_encoder_iterations`` as applied: 0 for ``start=0`` (kmeans_at_start), whose encoder has not
+        trained when the switch fires."""
+        return 0 if self.start == 0 else self.freeze_encoder_iterations
 
     @property
     def fired(self) -> bool:
@@ -380,25 +388,26 @@ class DeferredQuantizationHandler:
         """Re-install the post-switch warm-up and encoder freeze in a run resumed after the switch (the quantizer is
         active at STARTED and the engine is past iteration 0), for the optimizer steps that are left of them."""
         if not self.fired or not engine.state.iteration or (self.warmup_iterations == 0
-                                                             and self.freeze_encoder_iterations == 0):
+                                                             and self.effective_freeze_iterations == 0):
             return
         if self._warmup_hooks or self._freeze_hooks:
             return  # already installed in this process (the switch fired in this run)
         optimizer = self.optimizer if self.optimizer is not None else getattr(engine, "optimizer", None)
         done = self._steps_since_switch(engine)
-        if self.freeze_encoder_iterations == -1:
+        freeze = self.effective_freeze_iterations
+        if freeze == -1:
             self._start_encoder_freeze(optimizer)
             self.logger.info("deferred quantization: resumed after the switch; the encoder stays frozen to the end.")
-        elif self.freeze_encoder_iterations > 0:
+        elif freeze > 0:
             if done is None:
                 self.logger.warning(
                     "deferred quantization: resumed after the switch, but its iteration is not in run_info.json "
                     "(run_info_dir=%r), so the post-switch encoder freeze of %d steps is not resumed.",
-                    self.run_info_dir, self.freeze_encoder_iterations)
-            elif done < self.freeze_encoder_iterations:
+                    self.run_info_dir, freeze)
+            elif done < freeze:
                 self._start_encoder_freeze(optimizer, done=done)
                 self.logger.info("deferred quantization: resumed %d steps after the switch; the encoder stays frozen "
-                                 "for %d more.", done, self.freeze_encoder_iterations - done)
+                                 "for %d more.", done, freeze - done)
         if self.warmup_iterations > 0:
             if done is None:
                 self.logger.warning(
@@ -461,7 +470,7 @@ class DeferredQuantizationHandler:
 
         def after(opt: Optimizer, args: Any, kwargs: Any) -> None:
             steps[0] += 1
-            if 0 < self.freeze_encoder_iterations <= steps[0]:  # -1: never released
+            if 0 < self.effective_freeze_iterations <= steps[0]:  # -1: never released
                 for hook in self._freeze_hooks:
                     hook.remove()
                 self._freeze_hooks.clear()
@@ -502,8 +511,12 @@ class DeferredQuantizationHandler:
         optimizer = self.optimizer if self.optimizer is not None else getattr(engine, "optimizer", None)
         if self.warmup_iterations > 0:
             self._start_warmup(optimizer)
-        if self.freeze_encoder_iterations != 0:
+        if self.effective_freeze_iterations != 0:
             self._start_encoder_freeze(optimizer)
+        elif self.freeze_encoder_iterations != 0:
+            self.logger.info("deferred quantization: kmeans_at_start (start=0): the encoder is not frozen "
+                             "(freeze_encoder_iterations=%d applies to switches after training began).",
+                             self.freeze_encoder_iterations)
         info: dict[str, Any] = {
             "iteration": engine.state.iteration,
             "epoch": engine.state.epoch,
@@ -514,6 +527,8 @@ class DeferredQuantizationHandler:
             "collect_seconds": time.perf_counter() - started - report.seconds,
             "usage": report.usage,
             "reset_parameters": reset,
+            "freeze_encoder_iterations": self.effective_freeze_iterations,
+            "warmup_iterations": self.warmup_iterations,
             "rule": "auto" if self.start == "auto" else "fixed",
         }
         if self.start == "auto":

@@ -469,3 +469,24 @@ def test_a_run_resumed_inside_the_post_switch_warmup_continues_it(tmp_path):
     resumed.load_state_dict(net.state_dict())
     run(resumed, torch.optim.SGD(resumed.parameters(), lr=0.1), state, 4)  # 3/4, 4/4, then full rate
     assert factors == pytest.approx([1.0, 1.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0], abs=1e-5)
+
+
+def test_kmeans_at_start_never_freezes_its_untrained_encoder(caplog):
+    """start=0 fires before any training: a freeze there would keep the encoder untrained, so it is not applied
+    (and the switch record says so)."""
+    from ignite.engine import Engine
+
+    torch.manual_seed(0)
+    data = [{"image": torch.rand(2, 3, 16, 16) * 2 - 1}] * 3
+    net = vqgan_tiny(num_embeddings=16, embedding_dim=4, quantize=False)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    moved = []
+    engine = _freeze_engine(net, optimizer, moved)
+    handler = DeferredQuantizationHandler(net, start=0, num_samples=64, data_loader=data, optimizer=optimizer,
+                                          freeze_encoder_iterations=-1)
+    handler.attach(engine)
+    with caplog.at_level("INFO", logger="medvq.handlers.deferred_quantization"):
+        engine.run(data, max_epochs=1)
+    assert moved == [(True, True)] * 3
+    assert handler.effective_freeze_iterations == 0 and engine.state.deferred_switch["freeze_encoder_iterations"] == 0
+    assert "the encoder is not frozen" in caplog.text
