@@ -28,7 +28,10 @@ DIFFERENCES = {
     ("image_var", "odir_var"): _VAR,
     ("imagenet100_vq", "odir_vq"): _VQ,
     # ImageNet g-FID against the training statistics, as VAR reports it; ODIR's is against held-out images
-    ("imagenet100_var", "odir_var"): {**_VAR, "evaluate.json": _OVERLAY | {"fid_reference"}},
+    # and the paper's recipe after the switch (the whole autoencoder trains; odir_var / image_var freeze the encoder)
+    ("imagenet100_var", "odir_var"): {**_VAR, "evaluate.json": _OVERLAY | {"fid_reference"},
+                                      "train_tokenizer.json": _DATA | {"switch_freeze_encoder_iterations",
+                                                                       "_desc_switch_freeze_encoder_iterations"}},
 }
 # (data_format, modality) of each bundle's first training config
 DATA_DEFAULTS = {"image_vq": ("images", ""), "image_var": ("images", ""), "imagenet100_vq": ("imagenet100", "natural"),

@@ -403,9 +403,11 @@ def test_stage2_trains_on_the_fly_without_precomputing(trained, tmp_path, monkey
 def test_deferred_beats_standard_on_the_multiscale_codebook(tmp_path):
     """The odir_var quickstart stage 1 (16 epochs, seed 0) with the shipped recipe, standard vs deferred.
 
-    What holds on every seed measured (docs/results.md): the deferred codebook is born covering the residuals and
-    stays about 1.7-1.8x wider (mean code distance) at no cost in PSNR. Its perplexity does not beat standard's at this
-    scale once both have EMA updates and dead-code revival, so the ratio asserted is the code distance.
+    What holds on every seed measured (docs/results.md): the deferred codebook is born covering the residuals and,
+    with the encoder frozen after the switch (the shipped default), stays born (usage 0.99-1.0 at the end) and about
+    1.9-2.1x wider (mean code distance) than standard's, with better PSNR. Its perplexity stays below standard's at
+    256 codes (standard's EMA codebook with revival uses 99 % of them), so the ratios asserted are the code distance's
+    and the kept usage.
     """
     results, switch = {}, None
     for schedule in ("standard", "deferred"):
@@ -417,8 +419,10 @@ def test_deferred_beats_standard_on_the_multiscale_codebook(tmp_path):
         workflow.finalize()
     standard, deferred = results["standard"], results["deferred"]
     assert switch["epoch"] == 8 and switch["usage"] > 0.95  # born covering the residuals it was made from
-    assert deferred["val_code_distance"] > 1.4 * standard["val_code_distance"], (standard, deferred)
-    assert deferred["val_shrinkage"] > standard["val_shrinkage"]
-    # PSNR of one run moves by about 1 dB with thread count and kernels (standard seed 0: 22.3 dB in the study's
-    # one-thread runs, 24.5 dB here): only "not clearly worse" is asserted
-    assert deferred["val_psnr"] > standard["val_psnr"] - 1.0
+    assert switch["freeze_encoder_iterations"] == -1  # the shipped default
+    assert deferred["val_usage"] >= 0.97, deferred  # ... and still covering them at the end
+    assert deferred["val_code_distance"] > 1.6 * standard["val_code_distance"], (standard, deferred)
+    assert deferred["val_perplexity"] > 0.7 * standard["val_perplexity"], (standard, deferred)
+    # PSNR of one run moves by about 1 dB with thread count and kernels; the frozen-encoder recipe was 0.3-1.0 dB
+    # above standard on every seed measured
+    assert deferred["val_psnr"] > standard["val_psnr"] - 0.5
