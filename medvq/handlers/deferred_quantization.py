@@ -90,10 +90,10 @@ class DeferredQuantizationHandler:
             moments), so that the latents keep the distribution the codebook was born from while the decoder learns
             to read the quantized latents. An EMA codebook still follows its assigned latents. 0 (default) = none,
             -1 = until the run ends. Not applied with ``start=0`` (kmeans_at_start): that encoder has not trained
-            yet, and freezing it would keep it untrained. A run resumed after the switch freezes again for the steps that are left:
-            the switch's iteration is read back from ``run_info.json`` (``run_info_dir``); without it, ``-1`` still
-            freezes and a count ``N`` is skipped with a warning (docs/results.md measures the recipe on the
-            multi-scale tokenizer).
+            yet, and freezing it would keep it untrained. A run resumed after the switch freezes again for the steps
+            that are left: the switch's iteration is read back from ``run_info.json`` (``run_info_dir``); without it,
+            ``-1`` still freezes and a count ``N`` is skipped with a warning (docs/results.md measures the recipe on
+            the multi-scale tokenizer).
 
     After the switch, ``engine.state.deferred_switch`` holds a dict (iteration, epoch, num_samples, init, inertia,
     seconds, usage, reset_parameters, freeze_encoder_iterations and warmup_iterations as applied), which is also
@@ -395,28 +395,19 @@ class DeferredQuantizationHandler:
         optimizer = self.optimizer if self.optimizer is not None else getattr(engine, "optimizer", None)
         done = self._steps_since_switch(engine)
         freeze = self.effective_freeze_iterations
-        if freeze == -1:
-            self._start_encoder_freeze(optimizer)
-            self.logger.info("deferred quantization: resumed after the switch; the encoder stays frozen to the end.")
-        elif freeze > 0:
-            if done is None:
-                self.logger.warning(
-                    "deferred quantization: resumed after the switch, but its iteration is not in run_info.json "
-                    "(run_info_dir=%r), so the post-switch encoder freeze of %d steps is not resumed.",
-                    self.run_info_dir, freeze)
-            elif done < freeze:
-                self._start_encoder_freeze(optimizer, done=done)
-                self.logger.info("deferred quantization: resumed %d steps after the switch; the encoder stays frozen "
-                                 "for %d more.", done, freeze - done)
-        if self.warmup_iterations > 0:
-            if done is None:
-                self.logger.warning(
-                    "deferred quantization: resumed after the switch, but its iteration is not in run_info.json "
-                    "(run_info_dir=%r), so the post-switch warm-up is not resumed.", self.run_info_dir)
-            elif done < self.warmup_iterations:
-                self._start_warmup(optimizer, done=done)
-                self.logger.info("deferred quantization: resumed %d steps after the switch; the warm-up goes on for "
-                                 "%d more steps.", done, self.warmup_iterations - done)
+        counted = [name for name, n in (("encoder freeze", freeze), ("warm-up", self.warmup_iterations)) if n > 0]
+        if done is None and counted:
+            self.logger.warning(
+                "deferred quantization: resumed after the switch, but its iteration is not in run_info.json "
+                "(run_info_dir=%r), so the post-switch %s is not resumed.", self.run_info_dir, " and ".join(counted))
+        if freeze == -1 or (freeze > 0 and done is not None and done < freeze):
+            self._start_encoder_freeze(optimizer, done=done or 0)
+            self.logger.info("deferred quantization: resumed after the switch; the encoder stays frozen %s.",
+                             "to the end" if freeze == -1 else f"for {freeze - done} more steps")
+        if self.warmup_iterations > 0 and done is not None and done < self.warmup_iterations:
+            self._start_warmup(optimizer, done=done)
+            self.logger.info("deferred quantization: resumed %d steps after the switch; the warm-up goes on for "
+                             "%d more steps.", done, self.warmup_iterations - done)
 
     def _steps_since_switch(self, engine: Engine) -> int | None:
         """Optimizer steps taken since the switch (one per iteration), from the switch's iteration in run_info.json;

@@ -413,7 +413,7 @@ def test_a_run_resumed_after_the_switch_freezes_for_the_steps_that_are_left(tmp_
         second.run(data, max_epochs=4)  # iterations 5-8
     assert calls == []
     assert moved == expected_after_resume
-    assert ("encoder freeze of 4 steps is not resumed" in caplog.text) == warns
+    assert ("post-switch encoder freeze is not resumed" in caplog.text) == warns
 
 
 def test_a_run_resumed_inside_the_post_switch_warmup_continues_it(tmp_path):
