@@ -405,7 +405,7 @@ def test_deferred_beats_standard_on_the_multiscale_codebook(tmp_path):
 
     What holds on every seed measured (docs/results.md): the deferred codebook is born covering the residuals and,
     with the encoder frozen after the switch (the shipped default), stays born (usage 0.99-1.0 at the end) and about
-    1.9-2.1x wider (mean code distance) than standard's, with better PSNR. Its perplexity stays below standard's at
+    1.9-2.2x wider (mean code distance) than standard's, with PSNR -0.1 to +2.0 dB against standard's. Its perplexity stays below standard's at
     256 codes (standard's EMA codebook with revival uses 99 % of them), so the ratios asserted are the code distance's
     and the kept usage.
     """
@@ -423,6 +423,6 @@ def test_deferred_beats_standard_on_the_multiscale_codebook(tmp_path):
     assert deferred["val_usage"] >= 0.97, deferred  # ... and still covering them at the end
     assert deferred["val_code_distance"] > 1.6 * standard["val_code_distance"], (standard, deferred)
     assert deferred["val_perplexity"] > 0.7 * standard["val_perplexity"], (standard, deferred)
-    # PSNR of one run moves by about 1 dB with thread count and kernels; the frozen-encoder recipe was 0.3-1.0 dB
-    # above standard on every seed measured
+    # PSNR of one run moves by about 1 dB with thread count and kernels; the frozen-encoder recipe was -0.1 to +2.0 dB
+    # against standard's on the seeds measured (seed 0: +2.0)
     assert deferred["val_psnr"] > standard["val_psnr"] - 0.5
