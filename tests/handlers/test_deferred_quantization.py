@@ -451,7 +451,6 @@ def test_a_run_resumed_inside_the_post_switch_warmup_continues_it(tmp_path):
 def test_kmeans_at_start_never_freezes_its_untrained_encoder(caplog):
     """start=0 fires before any training: a freeze there would keep the encoder untrained, so it is not applied
     (and the switch record says so)."""
-    from ignite.engine import Engine
 
     torch.manual_seed(0)
     data = [{"image": torch.rand(2, 3, 16, 16) * 2 - 1}] * 3
