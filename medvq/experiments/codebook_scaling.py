@@ -5,7 +5,8 @@ codebook grows while standard VQ does not. This study trains one real bundle run
 :mod:`medvq.experiments.tokenizer_study` (its own process each, ``OMP_NUM_THREADS=1``, resumable: a finished run is
 read, never trained again), reads the last validation epoch's whole-set metrics back from TensorBoard, and prints,
 per size and schedule (mean over seeds), the usage, perplexity, effective dimension of the codes in use
-(``codebook_effective_dim``), code distance and PSNR; ``--plot`` draws each against K.
+(``codebook_effective_dim``), code distance and PSNR; with several ``--seeds`` also each seed's perplexity, code
+distance and PSNR and the perplexity's max/min over seeds; ``--plot`` draws the means against K.
 
     python -m medvq.experiments.codebook_scaling --output runs/scaling --plot runs/scaling/scaling.png
 
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from medvq.experiments.tokenizer_study import Arm, run_study
 
-__all__ = ["COLUMNS", "SCHEDULES", "format_scaling", "main", "plot_scaling", "scaling_arms"]
+__all__ = ["COLUMNS", "SCHEDULES", "format_per_seed", "format_scaling", "main", "plot_scaling", "scaling_arms"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,25 @@ def format_scaling(table: dict[str, dict[int, dict[str, float]]]) -> str:
     for k in sizes:
         cells = [str(k)] + [f"{table[s][k][c]:.4g}" for c in COLUMNS for s in schedules]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_per_seed(results: dict, sizes: Sequence[int], schedules: Sequence[str],
+                    columns: Sequence[str] = ("perplexity", "code_distance", "psnr")) -> str:
+    """Markdown: one row per (size, schedule) with each seed's value of ``columns`` (``a / b / ...`` in seed order)
+    and the perplexity's max/min over seeds, so seed-to-seed noise can be told from a trend against K."""
+    seeds = sorted({seed for s in schedules for k in sizes for seed in results[f"{s}_k{k}"]})
+    names = " / ".join(f"s{seed}" for seed in seeds)
+    header = ["K", "schedule", *(f"{c} ({names})" for c in columns), "perplexity max/min"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for k in sorted(sizes):
+        for s in schedules:
+            runs = results[f"{s}_k{k}"]
+            cells = [" / ".join(f"{runs[seed].get(c, math.nan):.4g}" if seed in runs else "-" for seed in seeds)
+                     for c in columns]
+            ppl = [runs[seed]["perplexity"] for seed in seeds if seed in runs and "perplexity" in runs[seed]]
+            spread = f"{max(ppl) / min(ppl):.2f}" if len(ppl) > 1 and min(ppl) > 0 else "-"
+            lines.append("| " + " | ".join([str(k), s, *cells, spread]) + " |")
     return "\n".join(lines)
 
 
@@ -134,6 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = run_study(args.config, arms, args.seeds, args.output, jobs=args.jobs)
     table = _collect(results, args.sizes, args.schedules)
     print(format_scaling(table))
+    if len(args.seeds) > 1:
+        print()
+        print(format_per_seed(results, args.sizes, args.schedules))
     if args.plot is not None:
         print(f"plot: {plot_scaling(table, args.plot)}")
     if args.json is not None:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from medvq.experiments.codebook_scaling import COLUMNS, main, scaling_arms
+from medvq.experiments.codebook_scaling import COLUMNS, format_per_seed, main, scaling_arms
 from medvq.experiments.tokenizer_study import parse_arm
 
 
@@ -44,3 +44,14 @@ def test_two_sizes_two_schedules_train_and_print_the_table_and_plot(tmp_path, ca
     assert (tmp_path / "runs" / "deferred_k32_s0" / "checkpoints" / "model_final.pt").is_file()
     with pytest.raises(SystemExit):
         main(["--set", "no_equals"])
+
+
+def test_per_seed_table_gives_each_seed_and_the_spread():
+    results = {"standard_k16": {0: {"perplexity": 4.0, "code_distance": 0.1, "psnr": 20.0},
+                                1: {"perplexity": 6.0, "code_distance": 0.2, "psnr": 21.5}},
+               "deferred_k16": {0: {"perplexity": 12.0, "code_distance": 1.0, "psnr": 22.0}}}
+    lines = format_per_seed(results, [16], ["standard", "deferred"]).splitlines()
+    assert lines[0] == ("| K | schedule | perplexity (s0 / s1) | code_distance (s0 / s1) | psnr (s0 / s1) | "
+                        "perplexity max/min |")
+    assert lines[2] == "| 16 | standard | 4 / 6 | 0.1 / 0.2 | 20 / 21.5 | 1.50 |"
+    assert lines[3] == "| 16 | deferred | 12 / - | 1 / - | 22 / - | - |"  # a seed not run shows as "-"
