@@ -229,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     rows = []
     try:
@@ -238,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"born_codebook: {error}", file=sys.stderr)
         return 2
+    finally:  # main() is also called in-process (tests, notebooks): leave the caller's thread count as it was
+        torch.set_num_threads(threads)
     print(format_rows(rows))
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=1) + "\n")

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from medvq.experiments.born_codebook import born_codebooks, format_rows, main
 from medvq.experiments.tokenizer_study import read_run
@@ -36,7 +37,9 @@ def test_multiscale_rows_measure_as_the_evaluator_does(var_run):
 
 def test_single_scale_run_and_the_cli(vq_run, tmp_path, capsys):
     out = tmp_path / "born.json"
+    threads = torch.get_num_threads()
     assert main([str(vq_run), "--num_samples", "1024", "--iterations", "3", "--json", str(out)]) == 0
+    assert torch.get_num_threads() == threads  # --threads 1 is the run's, not the calling process's
     table = capsys.readouterr().out
     assert table.startswith("| run | codebook |") and "trained (the run's)" in table and "| 1024 | 0 |" in table
     rows = json.loads(out.read_text())
