@@ -65,24 +65,16 @@ class BornRow:
     inertia: float  # k-means objective on the samples it saw (nan for the trained codebook)
 
 
-def _images(datalist: Path, dataset_dir: str | None, split: str) -> list[str]:
-    try:
-        data = json.loads(datalist.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read the datalist '{datalist}': {error}. Give --datalist (the run writes "
-                         "datalist.json into its output folder when it generates or lists its images).") from error
-    items = data.get(split) if isinstance(data, dict) else None
-    if not items:
-        raise ValueError(f"the datalist '{datalist}' has no '{split}' images; born_codebook needs both 'training' "
-                         "(for k-means) and 'validation' (to measure the codebooks).")
-    paths = []
-    for item in items:
-        image = item["image"] if isinstance(item, dict) else item
-        image = str(image)
-        if dataset_dir and not Path(image).is_absolute():
-            image = str(Path(dataset_dir) / image)
-        paths.append(image)
-    return paths
+def _images(datalist: Path) -> tuple[list[str], list[str]]:
+    """Training and validation image paths of a run's datalist, read as the bundles read it (MONAI's Decathlon loader
+    through :func:`medvq.data.images._read_datalist`: relative paths are relative to the JSON's folder)."""
+    from medvq.data.images import _read_datalist
+
+    train, val, _ = _read_datalist(datalist)
+    if not train or not val:
+        raise ValueError(f"the datalist '{datalist}' needs both 'training' images (for k-means) and 'validation' "
+                         "images (to measure the codebooks).")
+    return [str(i["image"]) for i in train], [str(i["image"]) for i in val]
 
 
 def _encode(tokenizer, paths: Sequence[str], batch_size: int) -> torch.Tensor:
@@ -125,7 +117,7 @@ def _measure(network, z_val: torch.Tensor, codebook: torch.Tensor, chunk: int = 
 
 def born_codebooks(run: str | Path, num_samples: Sequence[int] = (8192,), iterations: int = 20,
                    refine: Sequence[int] = (0,), seed: int = 0, datalist: str | Path | None = None,
-                   dataset_dir: str | None = None, batch_size: int = 16) -> list[BornRow]:
+                   batch_size: int = 16) -> list[BornRow]:
     """Measure the run's trained codebook and the k-means codebooks its final encoder would be born with.
 
     Args:
@@ -135,8 +127,7 @@ def born_codebooks(run: str | Path, num_samples: Sequence[int] = (8192,), iterat
         iterations: Lloyd iterations of each k-means (and of each refinement round).
         refine: cascade-refinement rounds, one variant each (multi-scale tokenizers only; 0 = none).
         seed: seed of the subset draw and of k-means++.
-        datalist: the run's datalist; default ``<run>/datalist.json``.
-        dataset_dir: folder that relative image paths in the datalist are under; default the run's recorded one.
+        datalist: the run's datalist; default ``<run>/datalist.json`` (what the bundles write).
         batch_size: images encoded at once.
 
     Returns:
@@ -161,9 +152,7 @@ def born_codebooks(run: str | Path, num_samples: Sequence[int] = (8192,), iterat
         raise ValueError("--refine needs a multi-scale tokenizer (its residual cascade); this run's tokenizer is "
                          f"{type(network).__name__}: give --refine 0.")
     datalist = Path(datalist) if datalist else run / "datalist.json"
-    dataset_dir = dataset_dir if dataset_dir is not None else tokenizer.settings.get("dataset_dir") or None
-    train_paths = _images(datalist, dataset_dir, "training")
-    val_paths = _images(datalist, dataset_dir, "validation")
+    train_paths, val_paths = _images(datalist)
     logger.info("%s: encoding %d training and %d validation images", run, len(train_paths), len(val_paths))
     z_train, z_val = _encode(tokenizer, train_paths, batch_size), _encode(tokenizer, val_paths, batch_size)
 
@@ -224,7 +213,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--refine", type=int, nargs="+", default=[0], help="cascade-refinement rounds (default 0)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--datalist", default=None, help="default <run>/datalist.json")
-    parser.add_argument("--dataset_dir", default=None, help="folder of relative datalist paths (default: the run's)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     args = parser.parse_args(argv)
@@ -235,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for run in args.runs:
             rows += born_codebooks(run, args.num_samples, args.iterations, args.refine, args.seed,
-                                   datalist=args.datalist, dataset_dir=args.dataset_dir)
+                                   datalist=args.datalist)
     except (FileNotFoundError, ValueError) as error:
         print(f"born_codebook: {error}", file=sys.stderr)
         return 2

@@ -55,6 +55,6 @@ def test_bad_arguments_name_what_to_change(vq_run, tmp_path, capsys):
         born_codebooks(vq_run, num_samples=(100,))
     missing = tmp_path / "nope.json"
     assert main([str(vq_run), "--datalist", str(missing)]) == 2
-    assert f"cannot read the datalist '{missing}'" in capsys.readouterr().err
+    assert f"datalist '{missing}' does not exist" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="does not exist"):
         born_codebooks(tmp_path / "no_run")
