@@ -452,3 +452,15 @@ def test_deferred_beats_standard_under_vars_recipe(tmp_path):
     assert deferred["val_perplexity"] > 1.4 * standard["val_perplexity"], (standard, deferred)
     assert deferred["val_code_distance"] > 8 * standard["val_code_distance"], (standard, deferred)
     assert deferred["val_psnr"] > standard["val_psnr"] - 0.5, (standard, deferred)
+
+
+def test_var_published_recipe_overlay_sets_knobs_every_multiscale_bundle_has():
+    """configs/recipes/var_published.json only overrides knobs the multi-scale bundles' stage 1 defines, and differs
+    from each bundle's shipped recipe: a renamed knob would otherwise make the overlay a silent no-op."""
+    overlay = json.loads((ROOT / "configs" / "recipes" / "var_published.json").read_text())
+    knobs = {key: value for key, value in overlay.items() if not key.startswith("_desc")}
+    assert knobs == {"codebook_update": "gradient", "commitment_cost": 0.25, "dead_code_threshold": 0}
+    for bundle in ("odir_var", "image_var", "imagenet100_var"):
+        stage1 = json.loads((ROOT / "bundles" / bundle / "configs" / "train_tokenizer.json").read_text())
+        assert knobs.keys() <= stage1.keys(), bundle
+        assert stage1["codebook_update"] == "ema" and stage1["commitment_cost"] != 0.25, bundle
