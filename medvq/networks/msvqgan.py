@@ -51,6 +51,9 @@ class MultiScaleVQGANTokenizer(VQGANTokenizer):
             (``"final"``), see :class:`~medvq.quantizers.MultiScaleResidualQuantizer`.
         dead_code_threshold: revive codes unused at every scale for this many training steps (after the switch);
             0 (default, VAR) disables it.
+        codebook_projection: VQGAN-LC's frozen code table with a learned linear projection of the codes (default
+            False); revival: ``"pooled"`` (default) or ``"per_scale"`` draws of revived codes. Both as
+            :class:`~medvq.quantizers.MultiScaleResidualQuantizer`.
 
     Raises:
         ValueError: as :class:`VQGANTokenizer`, bad scales, or an image whose latent grid is not ``scales[-1]``.
@@ -90,6 +93,8 @@ class MultiScaleVQGANTokenizer(VQGANTokenizer):
         use_checkpointing: bool = False,
         use_flash_attention: bool = False,
         quant_conv_kernel_size: int = 3,
+        codebook_projection: bool = False,
+        revival: str = "pooled",
     ) -> None:
         super().__init__(
             spatial_dims=spatial_dims,
@@ -123,6 +128,8 @@ class MultiScaleVQGANTokenizer(VQGANTokenizer):
             codebook_update=codebook_update,
             decay=decay,
             active=quantize,
+            codebook_projection=codebook_projection,
+            revival=revival,
         )
 
     @property
@@ -178,6 +185,8 @@ def msvqgan_f16(
     use_checkpointing: bool = False,
     use_flash_attention: bool = False,
     quant_conv_kernel_size: int = 3,
+    codebook_projection: bool = False,
+    revival: str = "pooled",
 ) -> MultiScaleVQGANTokenizer:
     """VAR's tokenizer size (``vae_ch=160``, ``ch_mult=(1, 1, 2, 2, 4)``, ``z_channels=32``, K=4096, D=32): widths
     ``(160, 160, 320, 320, 640)``, factor 16, 256 px images for VAR's 16x16 last scale, 3x3 quant convs as VAR's
@@ -190,6 +199,7 @@ def msvqgan_f16(
         dead_code_threshold=dead_code_threshold, codebook_update=codebook_update, decay=decay, quantize=quantize,
         use_checkpointing=use_checkpointing,
         use_flash_attention=use_flash_attention, quant_conv_kernel_size=quant_conv_kernel_size,
+        codebook_projection=codebook_projection, revival=revival,
     )
 
 
@@ -210,6 +220,8 @@ def msvqgan_tiny(
     use_checkpointing: bool = False,
     use_flash_attention: bool = False,
     quant_conv_kernel_size: int = 3,
+    codebook_projection: bool = False,
+    revival: str = "pooled",
 ) -> MultiScaleVQGANTokenizer:
     """Tiny factor-4 multi-scale tokenizer for tests and the CPU quickstart (widths ``(16, 32, 32)``, as
     :func:`~medvq.networks.vqgan_tiny`); the default scales end at 8x8, i.e. 32 px images."""
@@ -220,4 +232,5 @@ def msvqgan_tiny(
         dead_code_threshold=dead_code_threshold, codebook_update=codebook_update, decay=decay, quantize=quantize,
         use_checkpointing=use_checkpointing,
         use_flash_attention=use_flash_attention, quant_conv_kernel_size=quant_conv_kernel_size,
+        codebook_projection=codebook_projection, revival=revival,
     )

@@ -26,7 +26,9 @@ Limitations: as in VAR, phi also refines the last scale, so with phi on even a c
 gives ``f_hat != z`` (the residual ``r_last - phi(r_last)`` remains; phi and the decoder learn to absorb it); with
 ``phi_residual_ratio=0`` (no phi) such a codebook reconstructs ``z`` exactly. There is no l2-normalised lookup
 (residuals are not directions: their norm shrinks scale by scale); EMA codebook updates are optional; dead codes can
-be revived (``dead_code_threshold``); the nearest-code search is exact, O(N K D) per scale; ``spatial_dims`` is 2 or 3.
+be revived (``dead_code_threshold``, replacements drawn over all residuals or scale by scale, ``revival``); VQGAN-LC's
+frozen table with a learned projection of the codes is optional (``codebook_projection``); the nearest-code search is
+exact, O(N K D) per scale; ``spatial_dims`` is 2 or 3.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ __all__ = ["MultiScaleQuantizerOutput", "MultiScaleResidualQuantizer"]
 
 _UP_MODES = {2: "bicubic", 3: "trilinear"}  # smooth modes valid for 4D / 5D tensors in F.interpolate
 _VAR_SCALES = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+_REVIVALS = ("pooled", "per_scale")
 
 
 class MultiScaleQuantizerOutput(NamedTuple):
@@ -152,6 +155,17 @@ class MultiScaleResidualQuantizer(nn.Module):
             (VQ-VAE's EMA: each code becomes the moving average of the residuals assigned to it at any scale, summed
             over DDP ranks; phi still learns by gradient). The step's cascade uses the codes before the update.
         decay: EMA decay in [0, 1) with ``codebook_update="ema"``. Default 0.99.
+        codebook_projection: VQGAN-LC's frozen codebook with a learned projection (Zhu et al. 2024, arXiv 2406.11837):
+            the stored ``(K, D)`` table (k-means centroids after a deferred switch) is frozen and every code is
+            ``W c + b``, one ``D x D`` linear map shared by all codes and trained by gradient, so the codes move
+            together and none is left behind. Identity at construction and again at :meth:`activate`, so the born
+            codes are the centroids. Needs ``codebook_update="gradient"``. A checkpoint trained with it loads into a
+            quantizer without it (the projection is folded into the table: the same codes), and the other way round
+            (the projection starts as the identity). Default False.
+        revival: where revived codes come from with ``dead_code_threshold > 0``: ``"pooled"`` (default) draws the
+            replacements uniformly from all residuals of the batch (the finest scale's tokens dominate: 256 of the
+            680 of VAR's scales), ``"per_scale"`` gives every scale the same share of the draws, so coarse scales,
+            whose few residuals are the largest, get codes too.
 
     Example:
         >>> msq = MultiScaleResidualQuantizer(num_embeddings=16, embedding_dim=4, scales=(1, 2, 4), active=False)
@@ -177,8 +191,21 @@ class MultiScaleResidualQuantizer(nn.Module):
         dead_code_threshold: int = 0,
         codebook_update: str = "gradient",
         decay: float = 0.99,
+        codebook_projection: bool = False,
+        revival: str = "pooled",
     ) -> None:
         super().__init__()
+        if revival not in _REVIVALS:
+            raise ValueError(f"revival must be one of {_REVIVALS}, got {revival!r}.")
+        if not isinstance(codebook_projection, bool):
+            raise ValueError(f"codebook_projection must be True or False, got {codebook_projection!r}.")
+        if codebook_projection and codebook_update != "gradient":
+            raise ValueError(
+                f"codebook_projection=True trains the projection by gradient over a frozen code table; it needs "
+                f"codebook_update='gradient', got {codebook_update!r}."
+            )
+        self.revival = revival
+        self.codebook_projection = codebook_projection
         if spatial_dims not in _UP_MODES:
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}.")
         if isinstance(phi_shared, bool) or not isinstance(phi_shared, int) or phi_shared < 0:
@@ -200,6 +227,11 @@ class MultiScaleResidualQuantizer(nn.Module):
             kmeans_iterations=kmeans_iterations, dead_code_threshold=dead_code_threshold,
             codebook_update=codebook_update, decay=decay,
         )
+        if codebook_projection:
+            # VQGAN-LC: the table is frozen, the shared linear map W c + b learns (identity at the start)
+            self.codes.weight.requires_grad_(False)
+            self.projection = nn.Linear(embedding_dim, embedding_dim)
+            self._reset_projection()
         self.commitment_cost = float(commitment_cost)
         # VAR's quant_resi: phi_shared > 0 convolutions shared by neighbouring scales (PhiPartiallyShared; 1 is
         # PhiShared), 0 one per scale (PhiNonShared); a ratio of 0 is VAR's nn.Identity (no phi at all)
@@ -230,8 +262,36 @@ class MultiScaleResidualQuantizer(nn.Module):
 
     @property
     def codebook(self) -> torch.Tensor:
-        """The shared ``(K, D)`` code table."""
+        """The shared ``(K, D)`` codes as looked up (with ``codebook_projection``: the projected table)."""
+        if self.codebook_projection:
+            return self.projection(self.codes.codebook)
         return self.codes.codebook
+
+    @torch.no_grad()
+    def _reset_projection(self) -> None:
+        nn.init.eye_(self.projection.weight)
+        nn.init.zeros_(self.projection.bias)
+
+    def _to_table(self, codes: torch.Tensor) -> torch.Tensor:
+        """``(n, D)`` codes in latent space -> rows of the stored table (inverse projection, a pseudo-inverse)."""
+        weight, bias = self.projection.weight.detach().float(), self.projection.bias.detach().float()
+        return (codes - bias) @ torch.linalg.pinv(weight).T
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        # a checkpoint trained with codebook_projection loads into a quantizer without it (the projection folded into
+        # the table gives the same codes), and a plain one into a projected quantizer (identity projection)
+        w_key, b_key, table_key = prefix + "projection.weight", prefix + "projection.bias", prefix + "codes.weight"
+        if not self.codebook_projection and w_key in state_dict and b_key in state_dict and table_key in state_dict:
+            weight, bias = state_dict.pop(w_key), state_dict.pop(b_key)
+            with torch.no_grad():
+                state_dict[table_key] = state_dict[table_key].float() @ weight.float().T + bias.float()
+        elif self.codebook_projection and w_key not in state_dict and b_key not in state_dict:
+            dim = self.embedding_dim
+            state_dict[w_key] = torch.eye(dim, device=self.projection.weight.device)
+            state_dict[b_key] = torch.zeros(dim, device=self.projection.bias.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     @property
     def num_scales(self) -> int:
@@ -243,7 +303,8 @@ class MultiScaleResidualQuantizer(nn.Module):
         return tuple(int(np.prod(s)) for s in self.scales)
 
     def extra_repr(self) -> str:
-        return f"scales={self.scales}, spatial_dims={self.spatial_dims}, phi_index={self.phi_index}"
+        return (f"scales={self.scales}, spatial_dims={self.spatial_dims}, phi_index={self.phi_index}, "
+                f"codebook_projection={self.codebook_projection}, revival={self.revival!r}")
 
     # ------------------------------------------------------------------ cascade
     def _check_input(self, z: Any) -> None:
@@ -330,7 +391,11 @@ class MultiScaleResidualQuantizer(nn.Module):
                 if ema:
                     self.codes._ema_update(residuals, flat_idx, counts)
                 if self.codes.dead_code_threshold > 0:
-                    self.codes.revive_dead_codes(residuals, counts)
+                    weights = None
+                    if self.revival == "per_scale":  # every scale the same share of the draws
+                        weights = torch.cat([r.new_full((r.shape[0],), 1.0 / r.shape[0]) for r in cascade.residuals])
+                    to_table = self._to_table if self.codebook_projection else None
+                    self.codes.revive_dead_codes(residuals, counts, row_weights=weights, to_codes=to_table)
             f_hat = cascade.partial_sums[-1]
             # straight-through: the value of f_hat, the gradient of the identity to z
             quantized = z32 + (f_hat - z32).detach()
@@ -352,7 +417,7 @@ class MultiScaleResidualQuantizer(nn.Module):
         for k, (idx, scale) in enumerate(zip(indices, self.scales)):
             if tuple(idx.shape) != (batch, *scale):
                 raise ValueError(f"indices[{k}] must have shape {(batch, *scale)}, got {tuple(idx.shape)}.")
-            codes = self.codes.lookup(idx)  # (B, D, *scale_k); validates dtype and range
+            codes = self.codes.lookup(idx, self.codebook)  # (B, D, *scale_k); validates dtype and range
             h = self._refine(k, codes)
             f_hat = h if f_hat is None else f_hat + h
         return f_hat
@@ -405,7 +470,7 @@ class MultiScaleResidualQuantizer(nn.Module):
             raise ValueError(f"indices of scale {k} must have shape (B, *{self.scales[k]}), got {shape}.")
         if (k == 0) != (f_hat is None):
             raise ValueError("f_hat must be None at the first scale (k=0) and the running sum after it.")
-        codes = self.codes.lookup(indices)  # (B, D, *scale_k)
+        codes = self.codes.lookup(indices, self.codebook)  # (B, D, *scale_k)
         h = self._refine(k, codes)
         f_hat = h if f_hat is None else f_hat + h
         nxt = f_hat if k == self.num_scales - 1 else F.interpolate(f_hat, size=self.scales[k + 1], mode="area")
@@ -435,4 +500,6 @@ class MultiScaleResidualQuantizer(nn.Module):
         """Set the shared codebook from ``(N, D)`` residual samples (see :meth:`collect_residuals`) and turn
         quantization on: :meth:`VectorQuantizer.activate`, i.e. DDP-safe (every rank must call it), ``init`` in
         ``("kmeans", "samples")``."""
+        if self.codebook_projection:  # the born codes are the centroids themselves
+            self._reset_projection()
         return self.codes.activate(samples, init=init, seed=seed, iterations=iterations)

@@ -375,13 +375,20 @@ class VectorQuantizer(nn.Module):
         self.weight.data.copy_(torch.where(size > self.epsilon, updated, self.weight.data).to(self.weight.dtype))
 
     @torch.no_grad()
-    def revive_dead_codes(self, flat: torch.Tensor, counts: torch.Tensor) -> None:
+    def revive_dead_codes(
+        self, flat: torch.Tensor, counts: torch.Tensor, row_weights: torch.Tensor | None = None,
+        to_codes: Any = None,
+    ) -> None:
         """One step of dead-code bookkeeping: codes unused (``counts == 0``) for ``dead_code_threshold`` consecutive
         steps become random rows of ``flat``, taken from rank 0 so every rank keeps the same codebook.
 
         Args:
             flat: ``(N, D)`` vectors this step quantized (latents, or a multi-scale quantizer's residuals).
             counts: ``(K,)`` code counts of this step, already summed over ranks.
+            row_weights: ``(N,)`` non-negative drawing weights of the rows; None (default) draws every row with the
+                same probability. A multi-scale quantizer's ``revival="per_scale"`` gives each scale the same share.
+            to_codes: maps the drawn ``(n, D)`` rows to the stored code table's space (a multi-scale quantizer's
+                inverse code projection); None stores them as they are.
         """
         self.unused_steps.add_(1).masked_fill_(counts > 0, 0)
         dead = (self.unused_steps >= self.dead_code_threshold).nonzero().flatten()
@@ -389,8 +396,14 @@ class VectorQuantizer(nn.Module):
         if self.num_revived == 0:
             return
         # replacements: random latents of this batch, taken from rank 0 so that every rank gets the same codebook
-        picks = torch.randint(flat.shape[0], (self.num_revived,), device=flat.device)
-        replacement = broadcast_(flat[picks].contiguous())
+        if row_weights is None:
+            picks = torch.randint(flat.shape[0], (self.num_revived,), device=flat.device)
+        else:
+            picks = torch.multinomial(row_weights.float(), self.num_revived, replacement=True)
+        replacement = flat[picks].float()
+        if to_codes is not None:
+            replacement = to_codes(replacement)
+        replacement = broadcast_(replacement.contiguous())
         self.weight.data[dead] = replacement.to(self.weight.dtype)
         if self.codebook_update == "ema":
             self.ema_embed_sum[dead] = replacement
@@ -399,14 +412,18 @@ class VectorQuantizer(nn.Module):
         self.total_revived.add_(self.num_revived)
 
     # ------------------------------------------------------------------ lookup
-    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
-        """Codes of ``indices`` ``(B, *spatial)`` as a ``(B, D, *spatial)`` tensor (what the decoder consumes)."""
+    def lookup(self, indices: torch.Tensor, codebook: torch.Tensor | None = None) -> torch.Tensor:
+        """Codes of ``indices`` ``(B, *spatial)`` as a ``(B, D, *spatial)`` tensor (what the decoder consumes).
+
+        ``codebook``: a ``(K, D)`` table to read instead of :attr:`codebook` (a multi-scale quantizer's projected
+        codes); the indices are validated against ``num_embeddings`` either way."""
         if indices.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"indices must be an integer tensor, got dtype {indices.dtype}.")
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.num_embeddings):
             raise ValueError(f"indices must lie in [0, {self.num_embeddings}), got range "
                              f"[{int(indices.min())}, {int(indices.max())}].")
-        return F.embedding(indices.long(), self.codebook).movedim(-1, 1)  # (B, *S, D) -> (B, D, *S)
+        table = self.codebook if codebook is None else codebook
+        return F.embedding(indices.long(), table).movedim(-1, 1)  # (B, *S, D) -> (B, D, *S)
 
     # ------------------------------------------------------------------ deferral
     @torch.no_grad()

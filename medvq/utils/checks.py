@@ -241,6 +241,8 @@ _RULES: dict[str, Rule] = {
     "phi_shared": _integer(0),
     "commitment": _choice(("all", "final")),
     "dead_code_threshold": _integer(0),
+    "codebook_projection": _boolean,
+    "revival": _choice(("pooled", "per_scale")),
     # the deferred switch
     "quantize_start": _quantize_start,
     "quantize_start_unit": _choice(("epochs", "iterations")),
@@ -304,7 +306,8 @@ def _build_tokenizer(preset: str, knobs: dict[str, Any], multiscale: bool) -> tu
              "commitment_cost": "commitment_cost", "codebook_update": "codebook_update"}
     if multiscale:
         names.update(scales="scales", phi_shared="phi_shared", commitment="commitment",
-                     dead_code_threshold="dead_code_threshold", ema_decay="decay")
+                     dead_code_threshold="dead_code_threshold", ema_decay="decay",
+                     codebook_projection="codebook_projection", revival="revival")
     arguments = {arg: knobs[knob] for knob, arg in names.items() if knob in knobs}
     if knobs.get("spatial_dims") in (2, 3):
         arguments["spatial_dims"] = knobs["spatial_dims"]

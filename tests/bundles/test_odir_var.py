@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -397,6 +397,35 @@ def test_stage2_trains_on_the_fly_without_precomputing(trained, tmp_path, monkey
     assert calls == []  # nothing was pre-computed: every batch was tokenized from its (randomly flipped) images
     assert trainer.state.epoch == 1 and 0 <= trainer.state.metrics["token_acc"] <= 1
     assert json.loads((tmp_path / "generator" / "run_info.json").read_text())["precompute_tokens"] is False
+
+
+def test_a_projected_codebook_run_loads_into_the_plain_configs_with_the_same_tokens(tmp_path):
+    # --codebook_projection True (VQGAN-LC): stage 1 records it; its checkpoint loads into the network every other
+    # config builds (no projection: folded into the codebook) and into medvq.api's (rebuilt from run_info) alike
+    from medvq.api import load_tokenizer
+    from medvq.inference import load_tokenizer_checkpoint
+
+    out = tmp_path / "run"
+    stage1 = _run([STAGE1, QUICKSTART], "training", output_dir=str(out), **TINY, **STAGE1_RUN,
+                  codebook_update="gradient", codebook_projection=True, revival="per_scale",
+                  switch_freeze_encoder_iterations=0)  # the freeze would hold the projection with the quantizer
+    stage1.finalize()
+    info = json.loads((out / "tokenizer" / "run_info.json").read_text())
+    assert info["codebook_projection"] is True and info["revival"] == "per_scale"
+    final = out / "tokenizer" / "checkpoints" / "model_final.pt"
+    state = torch.load(final, weights_only=True)
+    assert state["quantizer.projection.weight"].shape == (4, 4)
+    assert not torch.equal(state["quantizer.projection.weight"], torch.eye(4))  # it trained after the switch
+    plain = ConfigParser()
+    plain.read_config([STAGE1, QUICKSTART])
+    plain.update(TINY)  # the default codebook_projection: False
+    network = load_tokenizer_checkpoint(plain.get_parsed_content("network_def"), final)
+    assert not network.quantizer.codebook_projection
+    tokenizer = load_tokenizer(out / "tokenizer", device="cpu")
+    assert tokenizer.network.quantizer.codebook_projection
+    torch.testing.assert_close(network.quantizer.codebook, tokenizer.network.quantizer.codebook)
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert torch.equal(network.tokens(images), tokenizer.network.tokens(images))
 
 
 @pytest.mark.slow

@@ -302,3 +302,82 @@ def test_ema_codebook_with_decay_zero_becomes_the_mean_of_its_residuals():
         expected = ordered[mask].mean(0) if mask.any() else before[k]
         torch.testing.assert_close(msq.codebook[k], expected)
     assert residuals.shape == ordered.shape
+
+
+# ---------------------------------------------------------------- VQGAN-LC's projection, per-scale revival (issue #9)
+def test_projected_codebook_is_born_as_the_centroids_and_learns_through_the_projection_only():
+    torch.manual_seed(0)
+    msq = _make(2, (1, 2, 4), active=False, codebook_projection=True)
+    z = torch.randn(4, 3, 4, 4)
+    with torch.no_grad():  # a projection moved before the switch is reset by activate
+        msq.projection.weight.mul_(2.0)
+    msq.activate(msq.collect_residuals(z))
+    torch.testing.assert_close(msq.codebook, msq.codes.weight, rtol=0, atol=0)  # identity at the switch
+    assert not msq.codes.weight.requires_grad  # the table is frozen
+    msq.train()
+    msq(z).loss.backward()
+    assert msq.codes.weight.grad is None
+    assert msq.projection.weight.grad.abs().sum() > 0 and msq.projection.bias.grad.abs().sum() > 0
+    # every lookup path reads the projected codes
+    with torch.no_grad():
+        msq.projection.weight.copy_(torch.tensor([[0.5, 0.1, 0.0], [0.0, 1.5, 0.2], [0.3, 0.0, 0.9]]))
+        msq.projection.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    expected = msq.codes.weight @ msq.projection.weight.T + msq.projection.bias
+    torch.testing.assert_close(msq.codebook, expected)
+    indices = msq.latent_to_indices(z)
+    plain = _make(2, (1, 2, 4))
+    plain.load_state_dict(msq.state_dict())  # folded: the same codes in a plain quantizer
+    torch.testing.assert_close(plain.codebook, expected)
+    torch.testing.assert_close(plain.indices_to_latent(indices), msq.indices_to_latent(indices))
+    torch.testing.assert_close(plain.teacher_forcing_input(indices), msq.teacher_forcing_input(indices))
+    assert [i.equal(j) for i, j in zip(plain.latent_to_indices(z), indices)] == [True] * 3
+    # and a plain checkpoint into a projected quantizer: identity projection, the same codes
+    back = _make(2, (1, 2, 4), codebook_projection=True)
+    back.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(back.codebook, plain.codebook)
+
+
+def test_projected_codebook_revives_into_the_table_so_the_projected_code_is_the_residual():
+    torch.manual_seed(0)
+    msq = _make(2, (1, 2, 4), dead_code_threshold=1, codebook_projection=True)
+    with torch.no_grad():
+        msq.codes.weight.data[8:] = 1e3
+        msq.projection.weight.copy_(torch.eye(3) * 2.0 + 0.1)
+        msq.projection.bias.fill_(0.5)
+    z = torch.randn(4, 3, 4, 4)
+    with torch.no_grad():
+        residuals = torch.cat(msq._cascade(z, use_codebook=True).residuals)
+    msq.train()
+    msq(z)
+    assert msq.codes.num_revived >= 8
+    for code in msq.codebook.detach()[8:]:
+        assert (residuals - code).abs().amax(dim=1).min() < 1e-5  # projected back: each one a residual
+
+
+def test_per_scale_revival_gives_every_scale_the_same_share_of_the_draws():
+    # scales (1, 2, 4), one image: 1 + 4 + 16 residual rows. Pooled draws take the one coarsest row 1/21 of the
+    # time, per-scale draws 1/3 of the time
+    shares = {}
+    for revival in ("pooled", "per_scale"):
+        torch.manual_seed(0)
+        msq = MultiScaleResidualQuantizer(num_embeddings=600, embedding_dim=3, scales=(1, 2, 4), phi_shared=2,
+                                          dead_code_threshold=1, revival=revival)
+        z = torch.randn(1, 3, 4, 4)
+        with torch.no_grad():
+            coarsest = msq._cascade(z, use_codebook=True).residuals[0]  # (1, D)
+        msq.train()
+        msq(z)
+        revived = msq.codes.num_revived
+        assert revived >= 580  # at most 21 codes are used
+        from_coarsest = int((msq.codebook.detach() - coarsest).abs().amax(dim=1).eq(0).sum())
+        shares[revival] = from_coarsest / revived
+    assert shares["pooled"] < 0.1 < 0.25 < shares["per_scale"] < 0.42, shares
+
+
+def test_projection_and_revival_argument_errors():
+    with pytest.raises(ValueError, match="codebook_projection=True .* needs codebook_update='gradient'"):
+        MultiScaleResidualQuantizer(8, 2, scales=(1, 2), codebook_projection=True, codebook_update="ema")
+    with pytest.raises(ValueError, match="revival must be one of"):
+        MultiScaleResidualQuantizer(8, 2, scales=(1, 2), revival="scale")
+    with pytest.raises(ValueError, match="codebook_projection must be True or False"):
+        MultiScaleResidualQuantizer(8, 2, scales=(1, 2), codebook_projection="yes")

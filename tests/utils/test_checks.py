@@ -261,3 +261,13 @@ def test_data_knobs_against_each_other_and_the_3d_geometry():
     assert "roi_size / 4 = [8, 8, 8]; end --scales at 8" in problem
     check_generator_settings(spatial_dims=3, roi_size=32, tokenizer_preset="msvqgan_tiny", scales=[1, 2, 4, 8],
                              image_size=256, generator_preset="var_tiny", num_embeddings=32, embedding_dim=4)
+
+
+def test_codebook_projection_needs_gradient_updates_and_revival_is_a_choice():
+    check_tokenizer_settings(tokenizer_preset="msvqgan_tiny", image_size=32, scales=[1, 2, 4, 8],
+                             codebook_update="gradient", codebook_projection=True, revival="per_scale")
+    (problem,) = _problems(check_tokenizer_settings, tokenizer_preset="msvqgan_tiny", image_size=32,
+                           scales=[1, 2, 4, 8], codebook_update="ema", codebook_projection=True)
+    assert "--codebook_projection True" in problem and "codebook_update='gradient'" in problem
+    (problem,) = _problems(check_tokenizer_settings, revival="scales")
+    assert "revival" in problem and "per_scale" in problem
