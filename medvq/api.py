@@ -92,7 +92,8 @@ def _network(info: Mapping[str, Any], where: Path) -> torch.nn.Module:
         kwargs["scales"] = info["scales"]
         for key, arg in (("phi_shared", "phi_shared"), ("commitment", "commitment"),
                          ("dead_code_threshold", "dead_code_threshold"), ("ema_decay", "decay"),
-                         ("codebook_projection", "codebook_projection"), ("revival", "revival")):
+                         ("codebook_projection", "codebook_projection"), ("revival", "revival"),
+                         ("codebook_normalize", "codebook_normalize")):
             if key in info:
                 kwargs[arg] = info[key]
         return getattr(networks, preset)(**kwargs)

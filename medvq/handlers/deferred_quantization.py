@@ -349,6 +349,9 @@ class DeferredQuantizationHandler:
         autocast = engine.autocast() if callable(getattr(engine, "autocast", None)) else nullcontext()
         was_training = tokenizer.training
         tokenizer.eval()
+        reset_norms = getattr(tokenizer.quantizer, "reset_residual_norms", None)
+        if callable(reset_norms):  # a multi-scale normalize=True quantizer: magnitudes from this pass only
+            reset_norms()
         chunks, collected, batches = [], 0, 0
         try:
             for batch in loader:

@@ -52,8 +52,9 @@ class MultiScaleVQGANTokenizer(VQGANTokenizer):
         dead_code_threshold: revive codes unused at every scale for this many training steps (after the switch);
             0 (default, VAR) disables it.
         codebook_projection: VQGAN-LC's frozen code table with a learned linear projection of the codes (default
-            False); revival: ``"pooled"`` (default) or ``"per_scale"`` draws of revived codes. Both as
-            :class:`~medvq.quantizers.MultiScaleResidualQuantizer`.
+            False); revival: ``"pooled"`` (default) or ``"per_scale"`` draws of revived codes; codebook_normalize:
+            LlamaGen's l2-normalised codes with one learned magnitude per scale (the quantizer's ``normalize``,
+            default False). All as :class:`~medvq.quantizers.MultiScaleResidualQuantizer`.
 
     Raises:
         ValueError: as :class:`VQGANTokenizer`, bad scales, or an image whose latent grid is not ``scales[-1]``.
@@ -95,6 +96,7 @@ class MultiScaleVQGANTokenizer(VQGANTokenizer):
         quant_conv_kernel_size: int = 3,
         codebook_projection: bool = False,
         revival: str = "pooled",
+        codebook_normalize: bool = False,
     ) -> None:
         super().__init__(
             spatial_dims=spatial_dims,
@@ -130,6 +132,7 @@ class MultiScaleVQGANTokenizer(VQGANTokenizer):
             active=quantize,
             codebook_projection=codebook_projection,
             revival=revival,
+            normalize=codebook_normalize,
         )
 
     @property
@@ -187,6 +190,7 @@ def msvqgan_f16(
     quant_conv_kernel_size: int = 3,
     codebook_projection: bool = False,
     revival: str = "pooled",
+    codebook_normalize: bool = False,
 ) -> MultiScaleVQGANTokenizer:
     """VAR's tokenizer size (``vae_ch=160``, ``ch_mult=(1, 1, 2, 2, 4)``, ``z_channels=32``, K=4096, D=32): widths
     ``(160, 160, 320, 320, 640)``, factor 16, 256 px images for VAR's 16x16 last scale, 3x3 quant convs as VAR's
@@ -199,7 +203,7 @@ def msvqgan_f16(
         dead_code_threshold=dead_code_threshold, codebook_update=codebook_update, decay=decay, quantize=quantize,
         use_checkpointing=use_checkpointing,
         use_flash_attention=use_flash_attention, quant_conv_kernel_size=quant_conv_kernel_size,
-        codebook_projection=codebook_projection, revival=revival,
+        codebook_projection=codebook_projection, revival=revival, codebook_normalize=codebook_normalize,
     )
 
 
@@ -222,6 +226,7 @@ def msvqgan_tiny(
     quant_conv_kernel_size: int = 3,
     codebook_projection: bool = False,
     revival: str = "pooled",
+    codebook_normalize: bool = False,
 ) -> MultiScaleVQGANTokenizer:
     """Tiny factor-4 multi-scale tokenizer for tests and the CPU quickstart (widths ``(16, 32, 32)``, as
     :func:`~medvq.networks.vqgan_tiny`); the default scales end at 8x8, i.e. 32 px images."""
@@ -232,5 +237,5 @@ def msvqgan_tiny(
         dead_code_threshold=dead_code_threshold, codebook_update=codebook_update, decay=decay, quantize=quantize,
         use_checkpointing=use_checkpointing,
         use_flash_attention=use_flash_attention, quant_conv_kernel_size=quant_conv_kernel_size,
-        codebook_projection=codebook_projection, revival=revival,
+        codebook_projection=codebook_projection, revival=revival, codebook_normalize=codebook_normalize,
     )

@@ -24,8 +24,9 @@ activation code exists once.
 
 Limitations: as in VAR, phi also refines the last scale, so with phi on even a codebook containing every residual
 gives ``f_hat != z`` (the residual ``r_last - phi(r_last)`` remains; phi and the decoder learn to absorb it); with
-``phi_residual_ratio=0`` (no phi) such a codebook reconstructs ``z`` exactly. There is no l2-normalised lookup
-(residuals are not directions: their norm shrinks scale by scale); EMA codebook updates are optional; dead codes can
+``phi_residual_ratio=0`` (no phi) such a codebook reconstructs ``z`` exactly. The l2-normalised lookup
+(``normalize``) needs one learned magnitude per scale (residuals are not directions: their norm shrinks scale by
+scale); EMA codebook updates are optional; dead codes can
 be revived (``dead_code_threshold``, replacements drawn over all residuals or scale by scale, ``revival``); VQGAN-LC's
 frozen table with a learned projection of the codes is optional (``codebook_projection``); the nearest-code search is
 exact, O(N K D) per scale; ``spatial_dims`` is 2 or 3.
@@ -166,6 +167,13 @@ class MultiScaleResidualQuantizer(nn.Module):
             replacements uniformly from all residuals of the batch (the finest scale's tokens dominate: 256 of the
             680 of VAR's scales), ``"per_scale"`` gives every scale the same share of the draws, so coarse scales,
             whose few residuals are the largest, get codes too.
+        normalize: LlamaGen's l2-normalised codes (Sun et al. 2024, arXiv 2406.06525) adapted to a residual cascade:
+            the nearest code is found by cosine similarity between the residual and the unit-norm codes, and scale
+            ``k`` uses ``m_k`` times the unit code, with one learned magnitude ``m_k`` per scale (``code_magnitude``)
+            because residuals shrink scale by scale and a unit code cannot describe a fine one. ``m_k`` starts at the
+            mean residual norm of scale ``k`` seen by :meth:`collect_residuals` before :meth:`activate` (the
+            deferred switch's collection pass); the k-means of :meth:`activate` runs on the residuals' directions.
+            Not with ``codebook_projection``. Default False.
 
     Example:
         >>> msq = MultiScaleResidualQuantizer(num_embeddings=16, embedding_dim=4, scales=(1, 2, 4), active=False)
@@ -193,8 +201,14 @@ class MultiScaleResidualQuantizer(nn.Module):
         decay: float = 0.99,
         codebook_projection: bool = False,
         revival: str = "pooled",
+        normalize: bool = False,
     ) -> None:
         super().__init__()
+        if not isinstance(normalize, bool):
+            raise ValueError(f"normalize must be True or False, got {normalize!r}.")
+        if normalize and codebook_projection:
+            raise ValueError("normalize=True and codebook_projection=True cannot be combined; choose one.")
+        self.normalize = normalize
         if revival not in _REVIVALS:
             raise ValueError(f"revival must be one of {_REVIVALS}, got {revival!r}.")
         if not isinstance(codebook_projection, bool):
@@ -225,8 +239,14 @@ class MultiScaleResidualQuantizer(nn.Module):
         self.codes = VectorQuantizer(
             num_embeddings, embedding_dim, commitment_cost=commitment_cost, active=active, chunk_size=chunk_size,
             kmeans_iterations=kmeans_iterations, dead_code_threshold=dead_code_threshold,
-            codebook_update=codebook_update, decay=decay,
+            codebook_update=codebook_update, decay=decay, normalize=normalize,
         )
+        if normalize:
+            # one learned magnitude per scale for the unit codes; until activate: 1. Residual norms accumulated by
+            # collect_residuals (while inactive) give activate its starting values
+            self.code_magnitude = nn.Parameter(torch.ones(len(self.scales)))
+            self.register_buffer("_norm_sums", torch.zeros(len(self.scales), dtype=torch.float64), persistent=False)
+            self.register_buffer("_norm_counts", torch.zeros(len(self.scales), dtype=torch.float64), persistent=False)
         if codebook_projection:
             # VQGAN-LC: the table is frozen, the shared linear map W c + b learns (identity at the start)
             self.codes.weight.requires_grad_(False)
@@ -338,8 +358,14 @@ class MultiScaleResidualQuantizer(nn.Module):
             r = f_rest if k == self.num_scales - 1 else F.interpolate(f_rest, size=scale, mode="area")
             flat = r.movedim(1, -1).reshape(-1, dim)  # (B, D, *scale) -> (B * prod(scale), D)
             # 2. nearest shared code (exact, chunked)
-            idx = nearest_codes(flat, codebook.detach(), self.chunk_size).indices  # (B * prod(scale),)
-            chosen = F.embedding(idx, codebook) if use_codebook else flat  # (N_k, D)
+            query = F.normalize(flat, dim=1) if self.normalize else flat  # cosine lookup of unit codes
+            idx = nearest_codes(query, codebook.detach(), self.chunk_size).indices  # (B * prod(scale),)
+            if not use_codebook:
+                chosen = flat  # (N_k, D)
+            elif self.normalize:
+                chosen = F.embedding(idx, codebook) * self.code_magnitude[k]
+            else:
+                chosen = F.embedding(idx, codebook)
             # 3. refine, accumulate, subtract
             h = self._refine(k, chosen.view(batch, *scale, dim).movedim(-1, 1))  # (B, D, *S)
             f_hat = f_hat + h
@@ -388,8 +414,9 @@ class MultiScaleResidualQuantizer(nn.Module):
                 flat_idx = torch.cat([i.flatten() for i in cascade.indices])  # (sum_k B * n_k,)
                 counts = all_reduce_sum_(torch.bincount(flat_idx, minlength=self.num_embeddings))
                 residuals = torch.cat(cascade.residuals)  # (sum_k B * n_k, D), in the order of flat_idx
-                if ema:
-                    self.codes._ema_update(residuals, flat_idx, counts)
+                if ema:  # with normalize the codes are directions: the moving average of unit residuals
+                    rows = F.normalize(residuals, dim=1) if self.normalize else residuals
+                    self.codes._ema_update(rows, flat_idx, counts)
                 if self.codes.dead_code_threshold > 0:
                     weights = None
                     if self.revival == "per_scale":  # every scale the same share of the draws
@@ -402,6 +429,11 @@ class MultiScaleResidualQuantizer(nn.Module):
         return MultiScaleQuantizerOutput(quantized.to(z.dtype), cascade.indices, loss, *stats)
 
     # ------------------------------------------------------------------ tokens
+    def _scale_codes(self, k: int, indices: torch.Tensor) -> torch.Tensor:
+        """Scale ``k``'s codes of ``indices`` ``(B, *scale_k)`` as ``(B, D, *scale_k)`` (validates dtype and range)."""
+        codes = self.codes.lookup(indices, self.codebook)
+        return codes * self.code_magnitude[k] if self.normalize else codes
+
     @torch.no_grad()
     def latent_to_indices(self, z: torch.Tensor) -> list[torch.Tensor]:
         """Per-scale token maps ``(B, *scale_k)`` of ``z`` with the current codebook (active or not)."""
@@ -417,8 +449,7 @@ class MultiScaleResidualQuantizer(nn.Module):
         for k, (idx, scale) in enumerate(zip(indices, self.scales)):
             if tuple(idx.shape) != (batch, *scale):
                 raise ValueError(f"indices[{k}] must have shape {(batch, *scale)}, got {tuple(idx.shape)}.")
-            codes = self.codes.lookup(idx, self.codebook)  # (B, D, *scale_k); validates dtype and range
-            h = self._refine(k, codes)
+            h = self._refine(k, self._scale_codes(k, idx))
             f_hat = h if f_hat is None else f_hat + h
         return f_hat
 
@@ -470,8 +501,7 @@ class MultiScaleResidualQuantizer(nn.Module):
             raise ValueError(f"indices of scale {k} must have shape (B, *{self.scales[k]}), got {shape}.")
         if (k == 0) != (f_hat is None):
             raise ValueError("f_hat must be None at the first scale (k=0) and the running sum after it.")
-        codes = self.codes.lookup(indices, self.codebook)  # (B, D, *scale_k)
-        h = self._refine(k, codes)
+        h = self._refine(k, self._scale_codes(k, indices))
         f_hat = h if f_hat is None else f_hat + h
         nxt = f_hat if k == self.num_scales - 1 else F.interpolate(f_hat, size=self.scales[k + 1], mode="area")
         return f_hat, nxt.flatten(2).transpose(1, 2)  # (B, D, *scale) -> (B, n, D)
@@ -482,6 +512,9 @@ class MultiScaleResidualQuantizer(nn.Module):
         """The ``(N, D)`` residual vectors of ``z`` at every scale, ``N = B * sum_k prod(scale_k)``, image by image
         (row ``b * L + t`` is token ``t`` of image ``b`` in :meth:`flatten_indices` order).
 
+        With ``normalize=True`` and while inactive it also records each scale's residual norms, the starting code
+        magnitudes of :meth:`activate` (:meth:`reset_residual_norms` forgets them).
+
         Active: the residuals ``r_k`` of the cascade with the current codebook. Inactive: the residuals an exact
         quantizer would leave (each ``r_k`` is "quantized" to itself), i.e. a phi-refined Laplacian pyramid of ``z``.
         We use those rather than the plain pooled latents ``down_k(z)``: after activation the fine scales only see
@@ -490,6 +523,10 @@ class MultiScaleResidualQuantizer(nn.Module):
         """
         self._check_input(z)
         residuals = self._cascade(z.float(), use_codebook=self.active).residuals  # (B * n_k, D) each
+        if self.normalize and not self.active:  # the starting magnitudes of activate
+            for k, r in enumerate(residuals):
+                self._norm_sums[k] += r.norm(dim=1).double().sum()
+                self._norm_counts[k] += r.shape[0]
         batch = z.shape[0]
         # batch-major (image by image, coarse to fine within an image), so callers can subsample per image
         return torch.cat([r.view(batch, -1, self.embedding_dim) for r in residuals], dim=1).view(-1, self.embedding_dim)
@@ -502,4 +539,28 @@ class MultiScaleResidualQuantizer(nn.Module):
         ``("kmeans", "samples")``."""
         if self.codebook_projection:  # the born codes are the centroids themselves
             self._reset_projection()
+        if self.normalize:
+            self._start_magnitudes(samples)
         return self.codes.activate(samples, init=init, seed=seed, iterations=iterations)
+
+    @torch.no_grad()
+    def reset_residual_norms(self) -> None:
+        """Forget the residual norms :meth:`collect_residuals` recorded (``normalize=True``; a no-op otherwise): the
+        deferred switch calls it before its collection pass, so the starting magnitudes come from that pass only."""
+        if self.normalize:
+            self._norm_sums.zero_()
+            self._norm_counts.zero_()
+
+    @torch.no_grad()
+    def _start_magnitudes(self, samples: torch.Tensor) -> None:
+        """``code_magnitude[k]``: scale ``k``'s mean residual norm over what :meth:`collect_residuals` saw on every
+        rank since the last activation; a scale it never saw takes the samples' mean norm (over every rank)."""
+        sums = all_reduce_sum_(self._norm_sums.clone())
+        counts = all_reduce_sum_(self._norm_counts.clone())
+        fallback = all_reduce_sum_(torch.stack([samples.detach().norm(dim=1).double().sum(),
+                                                torch.tensor(float(samples.shape[0]), dtype=torch.float64,
+                                                             device=samples.device)]).to(sums.device))
+        mean = float(fallback[0] / fallback[1].clamp_min(1))
+        starts = torch.where(counts > 0, sums / counts.clamp_min(1), torch.full_like(sums, mean))
+        self.code_magnitude.copy_(starts.to(self.code_magnitude))
+        self.reset_residual_norms()

@@ -243,6 +243,7 @@ _RULES: dict[str, Rule] = {
     "dead_code_threshold": _integer(0),
     "codebook_projection": _boolean,
     "revival": _choice(("pooled", "per_scale")),
+    "codebook_normalize": _boolean,
     # the deferred switch
     "quantize_start": _quantize_start,
     "quantize_start_unit": _choice(("epochs", "iterations")),
@@ -307,7 +308,8 @@ def _build_tokenizer(preset: str, knobs: dict[str, Any], multiscale: bool) -> tu
     if multiscale:
         names.update(scales="scales", phi_shared="phi_shared", commitment="commitment",
                      dead_code_threshold="dead_code_threshold", ema_decay="decay",
-                     codebook_projection="codebook_projection", revival="revival")
+                     codebook_projection="codebook_projection", revival="revival",
+                     codebook_normalize="codebook_normalize")
     arguments = {arg: knobs[knob] for knob, arg in names.items() if knob in knobs}
     if knobs.get("spatial_dims") in (2, 3):
         arguments["spatial_dims"] = knobs["spatial_dims"]

@@ -428,6 +428,27 @@ def test_a_projected_codebook_run_loads_into_the_plain_configs_with_the_same_tok
     assert torch.equal(network.tokens(images), tokenizer.network.tokens(images))
 
 
+def test_a_normalized_codebook_run_is_rebuilt_by_inference_json_from_what_the_training_recorded(tmp_path):
+    # --codebook_normalize True (LlamaGen's unit codes, one magnitude per scale): inference.json reads the flag from
+    # the checkpoint's run_info, so the same overlay and checkpoint build the network that fits the weights
+    from medvq.inference import load_tokenizer_checkpoint
+
+    out = tmp_path / "run"
+    _run([STAGE1, QUICKSTART], "training", output_dir=str(out), **TINY, **STAGE1_RUN,
+         codebook_normalize=True).finalize()
+    final = out / "tokenizer" / "checkpoints" / "model_final.pt"
+    state = torch.load(final, weights_only=True)
+    magnitudes = state["quantizer.code_magnitude"]
+    assert magnitudes.shape == (4,) and not torch.equal(magnitudes, torch.ones(4))  # started from the residuals
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "inference.json"), QUICKSTART])
+    parser.update({"checkpoint": str(final), "image_size": 32, "scales": [1, 2, 4, 8], "num_embeddings": 32,
+                   "embedding_dim": 4})
+    assert parser.get_parsed_content("codebook_normalize") is True
+    network = load_tokenizer_checkpoint(parser.get_parsed_content("network_def"), final)
+    torch.testing.assert_close(network.quantizer.code_magnitude.detach(), magnitudes)
+
+
 @pytest.mark.slow
 def test_deferred_beats_standard_on_the_multiscale_codebook(tmp_path):
     """The odir_var quickstart stage 1 (16 epochs, seed 0) with the shipped recipe, standard vs deferred.

@@ -381,3 +381,39 @@ def test_projection_and_revival_argument_errors():
         MultiScaleResidualQuantizer(8, 2, scales=(1, 2), revival="scale")
     with pytest.raises(ValueError, match="codebook_projection must be True or False"):
         MultiScaleResidualQuantizer(8, 2, scales=(1, 2), codebook_projection="yes")
+
+
+def test_normalized_codes_are_unit_directions_scaled_by_one_learned_magnitude_per_scale():
+    torch.manual_seed(0)
+    msq = _make(2, (1, 2, 4), active=False, normalize=True)
+    z = torch.randn(4, 3, 4, 4)
+    msq.collect_residuals(torch.randn(4, 3, 4, 4) * 50)  # forgotten by the reset below
+    msq.reset_residual_norms()
+    exact = msq._cascade(z, use_codebook=False).residuals  # the residuals collect_residuals records
+    msq.activate(msq.collect_residuals(z))
+    torch.testing.assert_close(msq.code_magnitude.detach(), torch.stack([r.norm(dim=1).mean() for r in exact]))
+    torch.testing.assert_close(msq.codebook.norm(dim=1), torch.ones(16))
+    # the lookup is by direction: scaling a latent does not change its first scale's code
+    big = msq.latent_to_indices(z * 100.0)[0]
+    assert big.equal(msq.latent_to_indices(z)[0])
+    # scale k's code is m_k times the unit code, in the forward pass and in every lookup path
+    msq.train()
+    out = msq(z)
+    out.loss.backward()
+    assert msq.code_magnitude.grad.abs().min() > 0
+    torch.testing.assert_close(msq.indices_to_latent(out.indices), out.quantized.detach())
+    first = msq._refine(0, (msq.codebook[out.indices[0].flatten()] * msq.code_magnitude[0]).view(4, 1, 1, 3)
+                        .movedim(-1, 1))
+    f_hat, _ = msq.next_scale_input(0, None, out.indices[0])
+    torch.testing.assert_close(f_hat, first)
+    # the magnitudes are in the state dict
+    again = _make(2, (1, 2, 4), normalize=True)
+    again.load_state_dict(msq.state_dict())
+    torch.testing.assert_close(again.indices_to_latent(out.indices), msq.indices_to_latent(out.indices))
+
+
+def test_normalized_codes_errors():
+    with pytest.raises(ValueError, match="normalize=True and codebook_projection=True cannot be combined"):
+        MultiScaleResidualQuantizer(8, 2, scales=(1, 2), normalize=True, codebook_projection=True)
+    with pytest.raises(ValueError, match="normalize must be True or False"):
+        MultiScaleResidualQuantizer(8, 2, scales=(1, 2), normalize=1)
