@@ -172,8 +172,9 @@ class MultiScaleResidualQuantizer(nn.Module):
             ``k`` uses ``m_k`` times the unit code, with one learned magnitude ``m_k`` per scale (``code_magnitude``)
             because residuals shrink scale by scale and a unit code cannot describe a fine one. ``m_k`` starts at the
             mean residual norm of scale ``k`` seen by :meth:`collect_residuals` before :meth:`activate` (the
-            deferred switch's collection pass); the k-means of :meth:`activate` runs on the residuals' directions.
-            Not with ``codebook_projection``. Default False.
+            deferred switch's collection pass; a quantizer active from construction, the standard schedule, starts
+            it at 1); the k-means of :meth:`activate` runs on the residuals' directions. Not with
+            ``codebook_projection``. Default False.
 
     Example:
         >>> msq = MultiScaleResidualQuantizer(num_embeddings=16, embedding_dim=4, scales=(1, 2, 4), active=False)
@@ -324,7 +325,7 @@ class MultiScaleResidualQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"scales={self.scales}, spatial_dims={self.spatial_dims}, phi_index={self.phi_index}, "
-                f"codebook_projection={self.codebook_projection}, revival={self.revival!r}")
+                f"codebook_projection={self.codebook_projection}, revival={self.revival!r}, normalize={self.normalize}")
 
     # ------------------------------------------------------------------ cascade
     def _check_input(self, z: Any) -> None:
@@ -539,9 +540,10 @@ class MultiScaleResidualQuantizer(nn.Module):
         ``("kmeans", "samples")``."""
         if self.codebook_projection:  # the born codes are the centroids themselves
             self._reset_projection()
+        report = self.codes.activate(samples, init=init, seed=seed, iterations=iterations)  # validates on every rank
         if self.normalize:
             self._start_magnitudes(samples)
-        return self.codes.activate(samples, init=init, seed=seed, iterations=iterations)
+        return report
 
     @torch.no_grad()
     def reset_residual_norms(self) -> None:

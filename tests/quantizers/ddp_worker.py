@@ -12,7 +12,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from medvq.quantizers import VectorQuantizer
+from medvq.quantizers import MultiScaleResidualQuantizer, VectorQuantizer
 
 
 def main(out_dir: str) -> None:
@@ -36,6 +36,23 @@ def main(out_dir: str) -> None:
     vq(z)  # second step: unused codes reach the threshold and are revived from rank 0's latents
     result["num_revived"] = vq.num_revived
     result["after_revival"] = vq.codebook.detach().clone()
+
+    # multi-scale, l2-normalised codes: the per-scale magnitudes come from the residual norms of every rank, and a
+    # per-scale revival on different batches keeps the ranks' codebooks identical
+    msq = MultiScaleResidualQuantizer(64, 4, scales=(1, 2, 4), phi_shared=2, active=False, normalize=True,
+                                      codebook_update="ema", dead_code_threshold=1, revival="per_scale")
+    z_ms = torch.randn(2 + rank, 4, 4, 4, generator=g) * (1 + rank)  # 2 images on rank 0, 3 on rank 1
+    msq.reset_residual_norms()
+    exact = msq._cascade(z_ms, use_codebook=False).residuals
+    result["ms_norm_sums"] = torch.stack([r.norm(dim=1).double().sum() for r in exact])
+    result["ms_norm_counts"] = torch.tensor([float(r.shape[0]) for r in exact], dtype=torch.float64)
+    msq.activate(msq.collect_residuals(z_ms), iterations=3)
+    result["ms_magnitude"] = msq.code_magnitude.detach().clone()
+    msq.train()
+    msq(z_ms)
+    msq(z_ms)
+    result["ms_revived"] = int(msq.codes.total_revived)
+    result["ms_codebook"] = msq.codebook.detach().clone()
 
     # a DDP-wrapped encoder + quantizer trains through the continuous phase, the switch and the quantized phase
     # (no find_unused_parameters: the pass-through must still give the codebook a gradient)

@@ -59,3 +59,12 @@ def test_ddp_wrapped_training_through_the_switch(ranks):
 def test_ddp_broadcasts_the_active_flag_of_rank_0(ranks):
     # the flag is a buffer, so DDP's construction-time sync makes a flag set (or loaded) on rank 0 only every rank's
     assert ranks[0]["broadcast_active"] is True and ranks[1]["broadcast_active"] is True
+
+
+def test_multiscale_normalized_magnitudes_and_per_scale_revival_agree_across_ranks(ranks):
+    r0, r1 = ranks
+    expected = (r0["ms_norm_sums"] + r1["ms_norm_sums"]) / (r0["ms_norm_counts"] + r1["ms_norm_counts"])
+    for r in ranks:  # each scale's mean residual norm over both ranks' images
+        torch.testing.assert_close(r["ms_magnitude"].double(), expected, rtol=1e-6, atol=0)
+    assert r0["ms_revived"] == r1["ms_revived"] > 0
+    assert torch.equal(r0["ms_codebook"], r1["ms_codebook"])
