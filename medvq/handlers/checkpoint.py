@@ -296,7 +296,11 @@ class CheckpointHandler:
         module = getattr(module, "module", module)  # DDP -> the model
         target = self.save_dir / _FINAL
         tmp = target.with_suffix(".pt.tmp")
-        state = module.state_dict()
+        from medvq.quantizers import fold_codebook_projections  # quantizers import nothing of handlers; kept local
+
+        # a codebook projection folded into its table (the same codes): MONAI's copy_model_state (ckpt_export) then
+        # copies the right codes into a network built without the projection
+        state = fold_codebook_projections(module.state_dict())
         try:
             torch.save(state, tmp)
         except Exception as exc:

@@ -1,7 +1,11 @@
 """Quantizers: exact chunked nearest-code search, k-means, and the deferred-quantization VectorQuantizer."""
 
 from medvq.quantizers.kmeans import KMeansResult, kmeans
-from medvq.quantizers.multiscale import MultiScaleQuantizerOutput, MultiScaleResidualQuantizer
+from medvq.quantizers.multiscale import (
+    MultiScaleQuantizerOutput,
+    MultiScaleResidualQuantizer,
+    fold_codebook_projections,
+)
 from medvq.quantizers.search import DEFAULT_CHUNK_SIZE, NearestCodes, nearest_codes
 from medvq.quantizers.vector_quantizer import (
     ACTIVE_FLAG,
@@ -21,6 +25,7 @@ __all__ = [
     "NearestCodes",
     "QuantizerOutput",
     "VectorQuantizer",
+    "fold_codebook_projections",
     "kmeans",
     "nearest_codes",
     "upgrade_state_dict",

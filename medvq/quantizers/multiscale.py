@@ -34,7 +34,8 @@ exact, O(N K D) per scale; ``spatial_dims`` is 2 or 3.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from itertools import pairwise
 from typing import Any, NamedTuple
 
@@ -48,11 +49,49 @@ from medvq.quantizers.search import DEFAULT_CHUNK_SIZE, nearest_codes
 from medvq.quantizers.vector_quantizer import ActivationReport, VectorQuantizer
 from medvq.utils.distributed import all_reduce_sum_
 
-__all__ = ["MultiScaleQuantizerOutput", "MultiScaleResidualQuantizer"]
+__all__ = ["MultiScaleQuantizerOutput", "MultiScaleResidualQuantizer", "fold_codebook_projections"]
 
 _UP_MODES = {2: "bicubic", 3: "trilinear"}  # smooth modes valid for 4D / 5D tensors in F.interpolate
 _VAR_SCALES = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 _REVIVALS = ("pooled", "per_scale")
+
+
+def fold_codebook_projections(state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A copy of ``state_dict`` where every ``codebook_projection`` quantizer's map is folded into its table
+    (``state_dict`` itself when it holds no projection).
+
+    For each ``<prefix>projection.weight`` with ``<prefix>projection.bias`` and ``<prefix>codes.weight`` beside it, the
+    table becomes the projected codes ``C W^T + b`` and the map the identity: the same codes, in a form that tools
+    matching keys on their own (MONAI's ``copy_model_state``: ``ckpt_export``, ``CheckpointLoader(strict_shape=False)``)
+    copy correctly into a quantizer without the projection, which would otherwise take the unprojected table and skip
+    the map. ``model_final.pt`` is written this way (:meth:`medvq.handlers.CheckpointHandler.write_final`); the full
+    ``checkpoint_<N>.pt`` files keep the trained map, so a resumed run continues exactly. Other entries are kept.
+
+    Example:
+        >>> folded = fold_codebook_projections({"codes.weight": torch.ones(3, 2), "projection.weight": 2 * torch.eye(2),
+        ...                                     "projection.bias": torch.ones(2)})
+        >>> folded["codes.weight"][0].tolist(), folded["projection.weight"].equal(torch.eye(2))
+        ([3.0, 3.0], True)
+    """
+    suffix = "projection.weight"
+    if not any(key == suffix or key.endswith("." + suffix) for key in state_dict):
+        return state_dict  # nothing to fold: the very object (a module's state_dict keeps its _metadata)
+    out = OrderedDict(state_dict)
+    if hasattr(state_dict, "_metadata"):  # torch's per-module versions, read by load_state_dict
+        out._metadata = state_dict._metadata  # type: ignore[attr-defined]
+    for key, weight in state_dict.items():
+        if key != suffix and not key.endswith("." + suffix):
+            continue
+        prefix = key[: -len(suffix)]
+        bias, table = state_dict.get(prefix + "projection.bias"), state_dict.get(prefix + "codes.weight")
+        if not all(isinstance(t, torch.Tensor) for t in (weight, bias, table)):
+            continue
+        with torch.no_grad():
+            folded = table.float() @ weight.float().T + bias.float()
+        out[prefix + "codes.weight"] = folded.to(table.dtype)
+        out[key] = torch.eye(weight.shape[0], dtype=weight.dtype, device=weight.device)
+        out[prefix + "projection.bias"] = torch.zeros_like(bias)
+    return out
 
 
 class MultiScaleQuantizerOutput(NamedTuple):
@@ -162,7 +201,9 @@ class MultiScaleResidualQuantizer(nn.Module):
             together and none is left behind. Identity at construction and again at :meth:`activate`, so the born
             codes are the centroids. Needs ``codebook_update="gradient"``. A checkpoint trained with it loads into a
             quantizer without it (the projection is folded into the table: the same codes), and the other way round
-            (the projection starts as the identity). Default False.
+            (the projection starts as the identity); ``model_final.pt`` is written folded
+            (:func:`fold_codebook_projections`), so key-matching tools such as ``ckpt_export`` copy the right codes
+            too. Default False.
         revival: where revived codes come from with ``dead_code_threshold > 0``: ``"pooled"`` (default) draws the
             replacements uniformly from all residuals of the batch (the finest scale's tokens dominate: 256 of the
             680 of VAR's scales), ``"per_scale"`` gives every scale the same share of the draws, so coarse scales,
@@ -206,14 +247,14 @@ class MultiScaleResidualQuantizer(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(normalize, bool):
-            raise ValueError(f"normalize must be True or False, got {normalize!r}.")
+            raise TypeError(f"normalize must be True or False, got {normalize!r}.")
         if normalize and codebook_projection:
             raise ValueError("normalize=True and codebook_projection=True cannot be combined; choose one.")
         self.normalize = normalize
         if revival not in _REVIVALS:
             raise ValueError(f"revival must be one of {_REVIVALS}, got {revival!r}.")
         if not isinstance(codebook_projection, bool):
-            raise ValueError(f"codebook_projection must be True or False, got {codebook_projection!r}.")
+            raise TypeError(f"codebook_projection must be True or False, got {codebook_projection!r}.")
         if codebook_projection and codebook_update != "gradient":
             raise ValueError(
                 f"codebook_projection=True trains the projection by gradient over a frozen code table; it needs "

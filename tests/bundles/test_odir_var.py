@@ -403,6 +403,7 @@ def test_a_projected_codebook_run_loads_into_the_plain_configs_with_the_same_tok
     # --codebook_projection True (VQGAN-LC): stage 1 records it; its checkpoint loads into the network every other
     # config builds (no projection: folded into the codebook) and into medvq.api's (rebuilt from run_info) alike
     from medvq.api import load_tokenizer
+    from medvq.handlers.checkpoint import list_checkpoints
     from medvq.inference import load_tokenizer_checkpoint
 
     out = tmp_path / "run"
@@ -414,8 +415,14 @@ def test_a_projected_codebook_run_loads_into_the_plain_configs_with_the_same_tok
     assert info["codebook_projection"] is True and info["revival"] == "per_scale"
     final = out / "tokenizer" / "checkpoints" / "model_final.pt"
     state = torch.load(final, weights_only=True)
-    assert state["quantizer.projection.weight"].shape == (4, 4)
-    assert not torch.equal(state["quantizer.projection.weight"], torch.eye(4))  # it trained after the switch
+    # model_final.pt is written folded (identity map); the last full checkpoint keeps the trained map for resuming
+    assert torch.equal(state["quantizer.projection.weight"], torch.eye(4))
+    _, last = list_checkpoints(out / "tokenizer" / "checkpoints")[-1]
+    trained = torch.load(last, weights_only=True)["network"]
+    assert not torch.equal(trained["quantizer.projection.weight"], torch.eye(4))  # it trained after the switch
+    torch.testing.assert_close(
+        state["quantizer.codes.weight"],
+        trained["quantizer.codes.weight"] @ trained["quantizer.projection.weight"].T + trained["quantizer.projection.bias"])
     plain = ConfigParser()
     plain.read_config([STAGE1, QUICKSTART])
     plain.update(TINY)  # the default codebook_projection: False
@@ -426,6 +433,12 @@ def test_a_projected_codebook_run_loads_into_the_plain_configs_with_the_same_tok
     torch.testing.assert_close(network.quantizer.codebook, tokenizer.network.quantizer.codebook)
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     assert torch.equal(network.tokens(images), tokenizer.network.tokens(images))
+    # MONAI's key-matching copy (ckpt_export, CheckpointLoader(strict_shape=False)) gets the same codes
+    from monai.networks import copy_model_state
+
+    copied = plain.get_parsed_content("network_def", lazy=False)
+    copy_model_state(copied, state)
+    torch.testing.assert_close(copied.quantizer.codebook, network.quantizer.codebook)
 
 
 def test_a_normalized_codebook_run_is_rebuilt_by_inference_json_from_what_the_training_recorded(tmp_path):

@@ -371,7 +371,8 @@ def test_per_scale_revival_gives_every_scale_the_same_share_of_the_draws():
         assert revived >= 580  # at most 21 codes are used
         from_coarsest = int((msq.codebook.detach() - coarsest).abs().amax(dim=1).eq(0).sum())
         shares[revival] = from_coarsest / revived
-    assert shares["pooled"] < 0.1 < 0.25 < shares["per_scale"] < 0.42, shares
+    assert shares["pooled"] < 0.1, shares
+    assert 0.25 < shares["per_scale"] < 0.42, shares
 
 
 def test_projection_and_revival_argument_errors():
@@ -379,7 +380,7 @@ def test_projection_and_revival_argument_errors():
         MultiScaleResidualQuantizer(8, 2, scales=(1, 2), codebook_projection=True, codebook_update="ema")
     with pytest.raises(ValueError, match="revival must be one of"):
         MultiScaleResidualQuantizer(8, 2, scales=(1, 2), revival="scale")
-    with pytest.raises(ValueError, match="codebook_projection must be True or False"):
+    with pytest.raises(TypeError, match="codebook_projection must be True or False"):
         MultiScaleResidualQuantizer(8, 2, scales=(1, 2), codebook_projection="yes")
 
 
@@ -415,5 +416,30 @@ def test_normalized_codes_are_unit_directions_scaled_by_one_learned_magnitude_pe
 def test_normalized_codes_errors():
     with pytest.raises(ValueError, match="normalize=True and codebook_projection=True cannot be combined"):
         MultiScaleResidualQuantizer(8, 2, scales=(1, 2), normalize=True, codebook_projection=True)
-    with pytest.raises(ValueError, match="normalize must be True or False"):
+    with pytest.raises(TypeError, match="normalize must be True or False"):
         MultiScaleResidualQuantizer(8, 2, scales=(1, 2), normalize=1)
+
+
+def test_folded_projections_give_the_same_codes_to_key_matching_copies():
+    from medvq.quantizers import fold_codebook_projections
+
+    torch.manual_seed(0)
+    msq = _make(2, (1, 2, 4), codebook_projection=True)
+    with torch.no_grad():
+        msq.projection.weight.copy_(torch.eye(3) * 1.5 + 0.2)
+        msq.projection.bias.fill_(-0.3)
+    state = {"quantizer." + k: v for k, v in msq.state_dict().items()}
+    folded = fold_codebook_projections(state)
+    assert torch.equal(folded["quantizer.projection.weight"], torch.eye(3))
+    assert not torch.equal(state["quantizer.projection.weight"], torch.eye(3))  # the input is left alone
+    # a plain quantizer that copies matching keys only (what copy_model_state does) gets the projected codes
+    plain = _make(2, (1, 2, 4))
+    plain.codes.weight.data.copy_(folded["quantizer.codes.weight"])
+    torch.testing.assert_close(plain.codebook, msq.codebook)
+    again = _make(2, (1, 2, 4), codebook_projection=True)
+    again.load_state_dict({k.removeprefix("quantizer."): v for k, v in folded.items()})
+    torch.testing.assert_close(again.codebook, msq.codebook)
+    plain_state = {"quantizer." + k: v for k, v in plain.state_dict().items()}
+    assert fold_codebook_projections(plain_state) is plain_state  # nothing to fold: the same object
+    module_state = msq.state_dict()
+    assert fold_codebook_projections(module_state)._metadata == module_state._metadata  # torch's versions kept
